@@ -1,0 +1,45 @@
+//! calmplane: a Kubernetes mutating admission webhook that keeps clusters calm at scale.
+//!
+//! # The data path
+//!
+//! ```text
+//!  kube-apiserver ──TLS──▶ server::listener   accept, limits, handshake
+//!                            │
+//!                            ▼
+//!                        server (axum)         POST /mutate, timing, metrics, logs
+//!                            │
+//!                            ▼
+//!                        review::parse         AdmissionReview v1 envelope; object stays a serde_json::Value
+//!                            │
+//!                            ▼
+//!                        pipeline::Pipeline    for each policy: policy.apply(ctx, &mut Mutation)
+//!                            │                 policy::{lease, rollout_history, dns, prestop, rollout}
+//!                            ▼
+//!                        patch::Mutation       edits in place and records RFC 6902 ops as it goes
+//!                            │
+//!                            ▼
+//!                        review::response_body AdmissionReview v1, patch = base64(JSON Patch)
+//! ```
+//!
+//! `preview` runs the same pipeline for `POST /preview` and `calmplane
+//! preview`, on manifests instead of AdmissionReviews.
+
+pub mod certs;
+pub mod config;
+pub mod metrics;
+pub mod patch;
+pub mod pipeline;
+pub mod policy;
+pub mod preview;
+pub mod review;
+pub mod selector;
+pub mod server;
+
+/// Pod annotation holding a lease selector (configurable: `lease.annotations`).
+pub const LEASE_SELECTOR_ANNOTATION: &str = "calmplane.dev/lease-selector";
+/// Pod (template) annotation `deployment/<name>`: this pod's Deployment is hot.
+pub const LEASE_SCOPE_ANNOTATION: &str = "calmplane.dev/lease-scope";
+/// Deployment annotation: unix times of the template changes in the last hour.
+pub const ROLLOUTS_ANNOTATION: &str = "calmplane.dev/rollouts";
+/// Object annotation: `all`, or a comma list of policy names to turn off.
+pub const SKIP_ANNOTATION: &str = "calmplane.dev/skip";

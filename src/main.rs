@@ -1,0 +1,250 @@
+//! The `calmplane` binary: command-line parsing and process setup only.
+//! Everything it runs lives in the library.
+
+use anyhow::{Context as _, Result};
+use calmplane::config::Config;
+use calmplane::pipeline::{Pipeline, SystemClock};
+use calmplane::server::listener::Limits;
+use calmplane::server::tls::TlsPaths;
+use calmplane::server::{ServeOptions, Server};
+use calmplane::{certs, preview};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "calmplane",
+    version,
+    about = "A Kubernetes mutating admission webhook that keeps clusters calm at scale"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "CALMPLANE_LOG_FORMAT",
+        default_value = "json"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve AdmissionReviews over TLS.
+    Serve(ServeArgs),
+    /// Write a dev CA (ca.crt) and a serving certificate and key (tls.crt, tls.key).
+    Certs(CertsArgs),
+    /// Print the patch calmplane would apply to a manifest, offline.
+    Preview(PreviewArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the TLS port (use 0.0.0.0:8443 in a cluster).
+    #[arg(long, env = "CALMPLANE_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain (leaf first).
+    #[arg(long, env = "CALMPLANE_CERT", default_value = "certs/tls.crt")]
+    cert: PathBuf,
+    /// PEM private key.
+    #[arg(long, env = "CALMPLANE_KEY", default_value = "certs/tls.key")]
+    key: PathBuf,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long, env = "CALMPLANE_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Address of the plaintext /metrics port.
+    #[arg(
+        long,
+        env = "CALMPLANE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    metrics_listen: SocketAddr,
+    /// Policy file (YAML). Built-in defaults apply without one.
+    #[arg(long, env = "CALMPLANE_CONFIG")]
+    config: Option<PathBuf>,
+    /// After SIGTERM, keep serving this long with /readyz failing.
+    #[arg(long, env = "CALMPLANE_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
+    /// Then wait at most this long for in-flight requests.
+    #[arg(long, env = "CALMPLANE_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Most concurrent connections; more are closed at once.
+    #[arg(long, env = "CALMPLANE_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Drop a connection that has not finished the TLS handshake in this time.
+    #[arg(long, env = "CALMPLANE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Drop a connection that has not sent complete headers in this time.
+    #[arg(long, env = "CALMPLANE_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Answer 408 to a request not done in this time.
+    #[arg(long, env = "CALMPLANE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// How often certificate and policy files are checked for changes.
+    #[arg(long, env = "CALMPLANE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_interval: Duration,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long, env = "CALMPLANE_CERTS_OUT", default_value = "certs")]
+    out: PathBuf,
+    /// Namespace of the calmplane Service (for the <service>.<namespace>.svc name).
+    #[arg(long, env = "CALMPLANE_NAMESPACE", default_value = "calmplane")]
+    namespace: String,
+    /// Name of the calmplane Service.
+    #[arg(long, env = "CALMPLANE_SERVICE", default_value = "calmplane")]
+    service: String,
+    /// Extra DNS names or IP addresses for the serving certificate.
+    #[arg(long = "san", env = "CALMPLANE_SANS", value_delimiter = ',')]
+    sans: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct PreviewArgs {
+    /// Manifest to preview (JSON or YAML, several documents, a List or an AdmissionReview); `-` for stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "CALMPLANE_PREVIEW_FILE",
+        default_value = "-"
+    )]
+    file: String,
+    /// Namespace for objects that have none.
+    #[arg(short = 'n', long, env = "CALMPLANE_PREVIEW_NAMESPACE")]
+    namespace: Option<String>,
+    /// Policy file (YAML). Built-in defaults apply without one.
+    #[arg(long, env = "CALMPLANE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    // Logging must never block a request: lines go through a background writer.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter =
+        EnvFilter::try_from_env("CALMPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    guard
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let _guard = init_logging(cli.log_format);
+            serve(args)
+        }
+        Command::Certs(args) => {
+            let mut names = certs::serving_names(&args.service, &args.namespace);
+            names.extend(args.sans);
+            let generated = certs::generate(&names)?;
+            certs::write(&args.out, &generated)?;
+            eprintln!(
+                "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}",
+                args.out.display(),
+                names.join(", ")
+            );
+            Ok(())
+        }
+        Command::Preview(args) => run_preview(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let opts = ServeOptions {
+            listen: args.listen,
+            metrics_listen: Some(args.metrics_listen),
+            tls: TlsPaths {
+                cert: args.cert,
+                key: args.key,
+                client_ca: args.client_ca,
+            },
+            config: args.config,
+            limits: Limits {
+                max_connections: args.max_connections,
+                handshake_timeout: args.handshake_timeout,
+                header_read_timeout: args.header_timeout,
+                drain_timeout: args.drain_timeout,
+            },
+            request_timeout: args.request_timeout,
+            shutdown_delay: args.shutdown_delay,
+            reload_interval: args.reload_interval,
+        };
+        let server = Server::bind(opts).await?;
+        let drained = server.run(shutdown_signal()).await;
+        if !drained {
+            tracing::warn!("exited before every in-flight request finished");
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn run_preview(args: PreviewArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let mut body = Vec::new();
+    if args.file == "-" {
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .context("reading stdin")?;
+    } else {
+        body = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file))?;
+    }
+    let pipeline = Pipeline::new(&config, Arc::new(SystemClock));
+    let result = preview::preview(&pipeline, &body, args.namespace.as_deref())?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}

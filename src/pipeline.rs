@@ -1,0 +1,200 @@
+//! Runs the policies over one object and collects the result.
+//!
+//! ```text
+//! object (serde_json::Value, owned)
+//!   └─ for each policy that handles (kind, operation) and is not skipped:
+//!        policy.apply(&ctx, &mut Mutation)     // edits in place, records ops
+//!   └─ Outcome { object, patch ops, changes, warnings, policies }
+//! ```
+//!
+//! The pipeline knows nothing of HTTP or AdmissionReview; `review` and
+//! `preview` wrap it.
+
+use crate::config::Config;
+use crate::patch::{str_at, Change, Mutation};
+use crate::policy::{self, Context, Kind, Policy};
+use json_patch::PatchOperation;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The source of "now". Injectable so that rollout history can be tested.
+pub trait Clock: Send + Sync {
+    fn now_unix(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+}
+
+/// A fixed clock, for tests and reproducible previews.
+pub struct FixedClock(pub i64);
+
+impl Clock for FixedClock {
+    fn now_unix(&self) -> i64 {
+        self.0
+    }
+}
+
+pub struct Pipeline {
+    policies: Vec<Box<dyn Policy>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What the pipeline did to one object.
+#[derive(Debug)]
+pub struct Outcome {
+    pub object: Value,
+    pub patch: Vec<PatchOperation>,
+    pub changes: Vec<Change>,
+    pub warnings: Vec<String>,
+    /// Names of the policies that changed the object, in order.
+    pub policies: Vec<&'static str>,
+}
+
+impl Outcome {
+    pub fn unchanged(object: Value) -> Self {
+        Outcome {
+            object,
+            patch: Vec::new(),
+            changes: Vec::new(),
+            warnings: Vec::new(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// The request facts the pipeline needs, independent of how they arrived.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub kind: Kind,
+    pub operation: kube::core::admission::Operation,
+    pub namespace: Option<&'a str>,
+    pub old_object: Option<&'a Value>,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
+        use crate::policy::{dns, lease, prestop, rollout, rollout_history};
+        let mut policies: Vec<Box<dyn Policy>> = Vec::new();
+        if config.lease.enabled {
+            policies.push(Box::new(lease::Lease::new(config.lease.clone())));
+        }
+        if config.rollout_history.enabled {
+            policies.push(Box::new(rollout_history::RolloutHistory::new(
+                config.rollout_history.clone(),
+            )));
+        }
+        if config.dns.enabled {
+            policies.push(Box::new(dns::Dns::new(config.dns.clone())));
+        }
+        if config.prestop.enabled {
+            policies.push(Box::new(prestop::Prestop::new(config.prestop.clone())));
+        }
+        if config.rollout.enabled {
+            policies.push(Box::new(rollout::Rollout::new(config.rollout.clone())));
+        }
+        Pipeline { policies, clock }
+    }
+
+    /// A pipeline of exactly these policies (tests inject their own).
+    pub fn from_policies(policies: Vec<Box<dyn Policy>>, clock: Arc<dyn Clock>) -> Self {
+        Pipeline { policies, clock }
+    }
+
+    pub fn with_defaults() -> Self {
+        Pipeline::new(&Config::default(), Arc::new(SystemClock))
+    }
+
+    pub fn run(&self, req: &Request<'_>, object: Value) -> Outcome {
+        let namespace = req
+            .namespace
+            .filter(|ns| !ns.is_empty())
+            .or_else(|| str_at(&object, &["metadata", "namespace"]).filter(|ns| !ns.is_empty()))
+            .map(str::to_string);
+        let skip_value = str_at(
+            &object,
+            &["metadata", "annotations", crate::SKIP_ANNOTATION],
+        )
+        .map(str::to_string);
+        let skip = Skip::parse(skip_value.as_deref());
+        let ctx = Context {
+            kind: req.kind,
+            operation: req.operation.clone(),
+            namespace: namespace.as_deref(),
+            old_object: req.old_object,
+            now: self.clock.now_unix(),
+        };
+        let mut m = Mutation::new(object);
+        if let Some(value) = skip_value.as_deref() {
+            let unknown = unknown_skip_names(value);
+            if !unknown.is_empty() {
+                m.warn(format!(
+                    "calmplane: {} names unknown policies {unknown:?}; known: all, {}",
+                    crate::SKIP_ANNOTATION,
+                    policy::NAMES.join(", ")
+                ));
+            }
+        }
+        let mut applied = Vec::new();
+        for policy in &self.policies {
+            if !policy.handles(req.kind, &req.operation) || skip.skips(policy.name()) {
+                continue;
+            }
+            let before = m.ops().len();
+            m.begin(policy.name());
+            policy.apply(&ctx, &mut m);
+            if m.ops().len() > before {
+                applied.push(policy.name());
+            }
+        }
+        let (object, patch, changes, warnings) = m.into_parts();
+        Outcome {
+            object,
+            patch,
+            changes,
+            warnings,
+            policies: applied,
+        }
+    }
+}
+
+/// The `calmplane.dev/skip` annotation: `all`, or a comma list of policy names.
+enum Skip<'a> {
+    None,
+    All,
+    Some(&'a str),
+}
+
+impl<'a> Skip<'a> {
+    fn parse(value: Option<&'a str>) -> Skip<'a> {
+        match value.map(str::trim) {
+            None | Some("") => Skip::None,
+            Some(v) if v.split(',').any(|p| p.trim() == "all") => Skip::All,
+            Some(v) => Skip::Some(v),
+        }
+    }
+
+    fn skips(&self, policy: &str) -> bool {
+        match self {
+            Skip::None => false,
+            Skip::All => true,
+            Skip::Some(list) => list.split(',').any(|p| p.trim() == policy),
+        }
+    }
+}
+
+/// Policy names in `calmplane.dev/skip` that match no policy (likely typos).
+pub fn unknown_skip_names(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && *p != "all" && !policy::NAMES.contains(p))
+        .collect()
+}

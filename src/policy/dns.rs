@@ -1,0 +1,125 @@
+//! `dns`: `ndots:2` and `single-request-reopen` in every pod's dnsConfig.
+//!
+//! With the Kubernetes default of `ndots:5`, a lookup of `api.example.com`
+//! walks the whole search path (`<ns>.svc.cluster.local`, `svc.cluster.local`,
+//! `cluster.local`, ...) before trying the name as given: up to 80% of the
+//! queries CoreDNS answers are such wasted NXDOMAINs. `ndots:2` still resolves
+//! `svc` and `svc.ns` short names through the search path.
+//! `single-request-reopen` sends the A and AAAA queries from different sockets,
+//! which avoids the conntrack race that drops one of them and costs a 5 s
+//! resolver timeout.
+//!
+//! An ndots the pod already sets is respected unless `override: true`. Windows
+//! pods are skipped: their resolver ignores these options.
+
+use super::{is_windows, Context, Kind, Policy};
+use crate::config::DnsConfig;
+use crate::patch::{lookup, Mutation};
+use kube::core::admission::Operation;
+use serde_json::{json, Value};
+
+pub const NAME: &str = "dns";
+
+pub struct Dns {
+    cfg: DnsConfig,
+    ndots: String,
+}
+
+impl Dns {
+    pub fn new(cfg: DnsConfig) -> Self {
+        let ndots = cfg.ndots.to_string();
+        Dns { cfg, ndots }
+    }
+
+    fn message(&self, option: &Value) -> String {
+        match option["name"].as_str() {
+            Some("ndots") => format!(
+                "ndots:{0}: names with {0} or more dots skip the search path",
+                self.ndots
+            ),
+            _ => "single-request-reopen: A and AAAA queries on separate sockets (avoids the 5 s conntrack race)"
+                .to_string(),
+        }
+    }
+}
+
+impl Policy for Dns {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn handles(&self, kind: Kind, operation: &Operation) -> bool {
+        kind == Kind::Pod && *operation == Operation::Create
+    }
+
+    fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {
+        if is_windows(m.doc()) {
+            return;
+        }
+        let options_path = ["spec", "dnsConfig", "options"];
+        let (options, missing): (&[Value], bool) = match lookup(m.doc(), &options_path) {
+            Some(Value::Array(items)) => (items, false),
+            Some(Value::Null) | None => (&[], true),
+            Some(_) => {
+                m.warn("calmplane dns: skipped, spec.dnsConfig.options is not a list");
+                return;
+            }
+        };
+        let position = |name: &str| {
+            options
+                .iter()
+                .position(|o| o.get("name").and_then(Value::as_str) == Some(name))
+        };
+        let ndots_at = position("ndots");
+        let ndots_value = ndots_at.and_then(|i| options[i].get("value")).cloned();
+        let has_reopen = position("single-request-reopen").is_some();
+
+        // Decide first, then edit: `options` borrows the document.
+        let mut append = Vec::new();
+        let replace_ndots = match ndots_at {
+            None => {
+                append.push(json!({"name": "ndots", "value": self.ndots}));
+                None
+            }
+            Some(i)
+                if self.cfg.r#override
+                    && ndots_value.as_ref().and_then(Value::as_str) != Some(&self.ndots) =>
+            {
+                Some(i)
+            }
+            Some(_) => None,
+        };
+        if self.cfg.single_request_reopen && !has_reopen {
+            append.push(json!({"name": "single-request-reopen"}));
+        }
+
+        if let Some(i) = replace_ndots {
+            let index = i.to_string();
+            let was = ndots_value.unwrap_or(Value::Null);
+            let _ = m.set(
+                &["spec", "dnsConfig", "options", &index, "value"],
+                Value::String(self.ndots.clone()),
+                format!("ndots {was} -> {} (override: true)", self.ndots),
+            );
+        }
+        if append.is_empty() {
+            return;
+        }
+        if missing {
+            // One `add` for the whole list instead of one per option.
+            let text = append
+                .iter()
+                .map(|o| self.message(o))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = m.set(&options_path, Value::Array(append), text);
+            return;
+        }
+        for option in append {
+            let text = self.message(&option);
+            if m.append(&options_path, option, text).is_err() {
+                return;
+            }
+        }
+    }
+}

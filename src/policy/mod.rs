@@ -1,0 +1,115 @@
+//! The cluster policies, one module each, all behind [`Policy`].
+//!
+//! A policy looks at the object through a [`Context`] and edits it through a
+//! [`Mutation`]; it never builds a patch or a response itself. Which policies
+//! run for which request is decided by [`Policy::handles`], so the pipeline
+//! stays a plain loop.
+//!
+//! | policy            | kind       | operations      |
+//! |-------------------|------------|-----------------|
+//! | `lease`           | Pod        | CREATE          |
+//! | `dns`             | Pod        | CREATE          |
+//! | `prestop`         | Pod        | CREATE          |
+//! | `rollout`         | Deployment | CREATE, UPDATE  |
+//! | `rollout-history` | Deployment | UPDATE          |
+
+use crate::patch::Mutation;
+use kube::core::admission::Operation;
+use serde_json::Value;
+
+pub mod dns;
+pub mod lease;
+pub mod prestop;
+pub mod rollout;
+pub mod rollout_history;
+
+/// The kinds calmplane mutates. Everything else is allowed untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Pod,
+    Deployment,
+}
+
+impl Kind {
+    /// Match on group/version/kind exactly: with `matchPolicy: Equivalent` the
+    /// apiserver converts other versions to the one we registered.
+    pub fn from_gvk(group: &str, version: &str, kind: &str) -> Option<Kind> {
+        match (group, version, kind) {
+            ("", "v1", "Pod") => Some(Kind::Pod),
+            ("apps", "v1", "Deployment") => Some(Kind::Deployment),
+            _ => None,
+        }
+    }
+
+    /// From an object's own `apiVersion` and `kind` (used by preview).
+    pub fn from_object(obj: &Value) -> Option<Kind> {
+        let api_version = obj.get("apiVersion")?.as_str()?;
+        let kind = obj.get("kind")?.as_str()?;
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        Kind::from_gvk(group, version, kind)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+        }
+    }
+}
+
+/// What a policy may know about the request besides the object itself.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub kind: Kind,
+    pub operation: Operation,
+    /// The request's namespace, falling back to the object's own.
+    pub namespace: Option<&'a str>,
+    pub old_object: Option<&'a Value>,
+    /// Unix seconds, taken once per request from the pipeline's clock.
+    pub now: i64,
+}
+
+/// One cluster policy.
+pub trait Policy: Send + Sync {
+    /// The name used in `calmplane.dev/skip`, audit annotations, metrics and changes.
+    fn name(&self) -> &'static str;
+
+    /// Whether this policy runs for this kind and operation.
+    fn handles(&self, kind: Kind, operation: &Operation) -> bool;
+
+    /// Edit the object. Every edit goes through `m`, which records the patch.
+    fn apply(&self, ctx: &Context<'_>, m: &mut Mutation);
+}
+
+/// The names of every policy, in pipeline order.
+pub const NAMES: [&str; 5] = [
+    lease::NAME,
+    rollout_history::NAME,
+    dns::NAME,
+    prestop::NAME,
+    rollout::NAME,
+];
+
+/// The indexes and values of `spec.containers` (or another container list)
+/// that are objects.
+pub(crate) fn containers<'v>(
+    obj: &'v Value,
+    list: &str,
+) -> impl Iterator<Item = (usize, &'v serde_json::Map<String, Value>)> {
+    obj.get("spec")
+        .and_then(|s| s.get(list))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_object().map(|c| (i, c)))
+}
+
+/// A pod that will run on Windows: `spec.os.name: windows`, or pinned to
+/// Windows nodes by `nodeSelector` (the older and still common way, used by
+/// every Windows DaemonSet in sig-windows-tools).
+pub(crate) fn is_windows(obj: &Value) -> bool {
+    use crate::patch::str_at;
+    str_at(obj, &["spec", "os", "name"]) == Some("windows")
+        || str_at(obj, &["spec", "nodeSelector", "kubernetes.io/os"]) == Some("windows")
+}

@@ -1,0 +1,175 @@
+//! `rollout-history`: how a Deployment becomes hot, with no state in the webhook.
+//!
+//! On every Deployment UPDATE that changes `spec.template`, the current unix
+//! time is appended to the Deployment's annotation `calmplane.dev/rollouts`
+//! (a comma-separated list, pruned to the last hour). A Deployment that rolled
+//! more than `hotRolloutsPerHour` times in that hour gets the template
+//! annotation `calmplane.dev/lease-scope: deployment/<name>`, which the `lease`
+//! policy reads on its pods; a Deployment that cooled down loses it.
+//!
+//! The template annotation only changes on an update that already changes the
+//! template, so calmplane never starts a rollout on its own. The history lives
+//! in the object itself, so any replica can answer any request.
+//!
+//! Reinvocation: the apiserver may call us again with our own output as
+//! `object` and the same `oldObject`. If `object` already carries a history
+//! that differs from `oldObject`'s, this update was recorded, and only the
+//! (idempotent) lease-scope decision is made again.
+
+use super::{Context, Kind, Policy};
+use crate::config::RolloutHistoryConfig;
+use crate::patch::{lookup, str_at, Mutation};
+use crate::{LEASE_SCOPE_ANNOTATION, ROLLOUTS_ANNOTATION};
+use kube::core::admission::Operation;
+use serde_json::Value;
+
+pub const NAME: &str = "rollout-history";
+const WINDOW_SECONDS: i64 = 3600;
+
+pub struct RolloutHistory {
+    cfg: RolloutHistoryConfig,
+}
+
+impl RolloutHistory {
+    pub fn new(cfg: RolloutHistoryConfig) -> Self {
+        RolloutHistory { cfg }
+    }
+}
+
+impl Policy for RolloutHistory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn handles(&self, kind: Kind, operation: &Operation) -> bool {
+        kind == Kind::Deployment && *operation == Operation::Update
+    }
+
+    fn apply(&self, ctx: &Context<'_>, m: &mut Mutation) {
+        let Some(old) = ctx.old_object else { return };
+        let new_template = lookup(m.doc(), &["spec", "template"]);
+        let old_template = lookup(old, &["spec", "template"]);
+        if templates_equal(new_template, old_template) {
+            return;
+        }
+        let Some(name) = str_at(m.doc(), &["metadata", "name"]).map(str::to_string) else {
+            return;
+        };
+
+        let old_history = str_at(old, &["metadata", "annotations", ROLLOUTS_ANNOTATION]);
+        let new_history = str_at(m.doc(), &["metadata", "annotations", ROLLOUTS_ANNOTATION]);
+        let already_recorded = new_history.is_some() && new_history != old_history;
+        // `kubectl replace` drops annotations it was not given; fall back to the
+        // stored history so that it is not reset.
+        let mut stamps = parse_history(new_history.or(old_history).unwrap_or(""));
+        stamps.retain(|t| ctx.now - *t < WINDOW_SECONDS && *t <= ctx.now);
+        if !already_recorded {
+            stamps.push(ctx.now);
+        }
+        let history = stamps
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let count = stamps.len();
+        let _ = m.set(
+            &["metadata", "annotations", ROLLOUTS_ANNOTATION],
+            Value::String(history),
+            format!("recorded a template change: {count} rollout(s) in the last hour"),
+        );
+
+        let scope_path = [
+            "spec",
+            "template",
+            "metadata",
+            "annotations",
+            LEASE_SCOPE_ANNOTATION,
+        ];
+        let limit = self.cfg.hot_rollouts_per_hour as usize;
+        if count > limit {
+            let _ = m.set(
+                &scope_path,
+                Value::String(format!("deployment/{name}")),
+                format!(
+                    "{count} rollouts in the last hour (more than {limit}): pods share one lease per Deployment"
+                ),
+            );
+        } else {
+            m.remove(
+                &scope_path,
+                format!("{count} rollout(s) in the last hour: back to one lease per namespace"),
+            );
+        }
+    }
+}
+
+/// Unix seconds, comma separated. Garbage entries are dropped, not fatal: the
+/// annotation is user-editable.
+fn parse_history(s: &str) -> Vec<i64> {
+    s.split(',').filter_map(|t| t.trim().parse().ok()).collect()
+}
+
+type Map = serde_json::Map<String, Value>;
+
+/// Template equality, ignoring calmplane's own lease-scope annotation and
+/// treating missing, `null` and empty maps alike. Compares in place: no clone.
+fn templates_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a.and_then(Value::as_object), b.and_then(Value::as_object)) {
+        (Some(a), Some(b)) => {
+            same_except(a, b, "metadata") && metadata_equal(a.get("metadata"), b.get("metadata"))
+        }
+        _ => a == b,
+    }
+}
+
+fn metadata_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
+    static EMPTY: std::sync::OnceLock<Map> = std::sync::OnceLock::new();
+    fn obj(v: Option<&Value>) -> &Map {
+        v.and_then(Value::as_object)
+            .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+    }
+    let (a, b) = (obj(a), obj(b));
+    same_except(a, b, "annotations")
+        && same_except(
+            obj(a.get("annotations")),
+            obj(b.get("annotations")),
+            LEASE_SCOPE_ANNOTATION,
+        )
+}
+
+/// `a` and `b` hold the same non-null members, leaving out `skip`.
+fn same_except(a: &Map, b: &Map, skip: &str) -> bool {
+    let covered = |x: &Map, y: &Map| {
+        x.iter()
+            .filter(|(k, v)| k.as_str() != skip && !v.is_null())
+            .all(|(k, v)| y.get(k) == Some(v))
+    };
+    covered(a, b) && covered(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn template_equality_ignores_only_our_annotation() {
+        let a = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}});
+        let mut b = a.clone();
+        b["metadata"]["annotations"] = json!({LEASE_SCOPE_ANNOTATION: "deployment/x"});
+        assert!(templates_equal(Some(&a), Some(&b)));
+        b["metadata"]["annotations"]["other"] = json!("1");
+        assert!(!templates_equal(Some(&a), Some(&b)));
+        let mut c = a.clone();
+        c["spec"]["containers"] = json!([{"name": "c"}]);
+        assert!(!templates_equal(Some(&a), Some(&c)));
+        assert!(templates_equal(None, None));
+        assert!(!templates_equal(Some(&a), None));
+    }
+
+    #[test]
+    fn history_parsing_drops_garbage() {
+        assert_eq!(parse_history("1, 2,x,,3"), vec![1, 2, 3]);
+        assert!(parse_history("").is_empty());
+    }
+}

@@ -1,0 +1,294 @@
+//! Dry-run previews: what would calmplane do to this manifest?
+//!
+//! Accepts what a platform engineer has at hand: one object as JSON or YAML,
+//! a multi-document YAML stream, a `v1 List`, or a whole AdmissionReview.
+//! Objects are previewed as a CREATE (an AdmissionReview keeps its own
+//! operation, namespace and oldObject). Workloads also get a `template`
+//! preview: what pods created from their pod template will get.
+//!
+//! The same function serves `POST /preview` and `calmplane preview`, so the
+//! two print the same JSON.
+
+use crate::patch::{lookup, str_at, Change};
+use crate::pipeline::{Outcome, Pipeline, Request};
+use crate::policy::Kind;
+use crate::review;
+use kube::core::admission::Operation;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("empty body: send a Kubernetes object as JSON or YAML")]
+    Empty,
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("invalid YAML: {0}")]
+    Yaml(serde_yaml::Error),
+    #[error("YAML document {doc}: {message}")]
+    YamlShape { doc: usize, message: String },
+    #[error("line {line}: {token} is a YAML 1.1 octal number (kubectl reads {decimal}), but YAML 1.2 reads the string \"{token}\"; write 0o{digits} or {decimal} to say which you mean")]
+    LegacyOctal {
+        line: usize,
+        token: String,
+        digits: String,
+        decimal: i64,
+    },
+    #[error(
+        "document {0} is not an object (expected a Kubernetes object with apiVersion and kind)"
+    )]
+    NotAnObject(usize),
+    #[error("invalid AdmissionReview: {0}")]
+    Review(#[from] review::ReviewError),
+}
+
+/// The preview of one object.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub operation: &'static str,
+    /// Why nothing was done, when calmplane does not handle this object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    pub patch: Vec<json_patch::PatchOperation>,
+    pub object: Value,
+    pub changes: Vec<Change>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// For workloads: what pods created from the pod template will get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<Box<Preview>>,
+}
+
+/// One preview, or `{"items": [...]}` for several.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PreviewResponse {
+    One(Box<Preview>),
+    Many { items: Vec<Preview> },
+}
+
+/// Parse `body` and preview every object in it.
+pub fn preview(
+    pipeline: &Pipeline,
+    body: &[u8],
+    namespace: Option<&str>,
+) -> Result<PreviewResponse, PreviewError> {
+    let docs = parse_documents(body)?;
+    let mut items = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.into_iter().enumerate() {
+        if !doc.is_object() {
+            return Err(PreviewError::NotAnObject(i + 1));
+        }
+        if str_at(&doc, &["kind"]) == Some("AdmissionReview") {
+            let bytes = serde_json::to_vec(&doc).map_err(PreviewError::Json)?;
+            items.push(preview_review(pipeline, &bytes)?);
+        } else if str_at(&doc, &["kind"]) == Some("List")
+            && doc.get("items").is_some_and(Value::is_array)
+        {
+            let Value::Object(mut list) = doc else {
+                unreachable!()
+            };
+            let Some(Value::Array(list_items)) = list.remove("items") else {
+                unreachable!()
+            };
+            for item in list_items {
+                items.push(preview_object(pipeline, item, namespace));
+            }
+        } else {
+            items.push(preview_object(pipeline, doc, namespace));
+        }
+    }
+    Ok(if items.len() == 1 {
+        PreviewResponse::One(Box::new(items.pop().expect("one item")))
+    } else {
+        PreviewResponse::Many { items }
+    })
+}
+
+fn preview_review(pipeline: &Pipeline, body: &[u8]) -> Result<Preview, PreviewError> {
+    let request = review::parse(body)?;
+    let namespace = request.namespace.clone();
+    let operation = review::operation_str(&request.operation);
+    let (summary, _, outcome) = review::admit(pipeline, request);
+    let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
+        format!(
+            "calmplane does not mutate {} {}",
+            summary.operation, summary.kind
+        )
+    });
+    let mut preview = finish(summary.kind, operation, skipped, outcome);
+    if preview.namespace.is_none() {
+        preview.namespace = namespace.filter(|ns| !ns.is_empty());
+    }
+    preview.template = template_preview(pipeline, &preview.object, preview.namespace.as_deref());
+    Ok(preview)
+}
+
+/// Preview one object as a CREATE.
+pub fn preview_object(pipeline: &Pipeline, object: Value, namespace: Option<&str>) -> Preview {
+    let kind_name = str_at(&object, &["kind"]).unwrap_or("").to_string();
+    let namespace = str_at(&object, &["metadata", "namespace"])
+        .filter(|ns| !ns.is_empty())
+        .or(namespace)
+        .map(str::to_string);
+    let (skipped, outcome) = match Kind::from_object(&object) {
+        Some(kind) => {
+            let req = Request {
+                kind,
+                operation: Operation::Create,
+                namespace: namespace.as_deref(),
+                old_object: None,
+            };
+            (None, pipeline.run(&req, object))
+        }
+        None => {
+            let api_version = str_at(&object, &["apiVersion"]).unwrap_or("").to_string();
+            let why = format!("calmplane does not mutate {api_version} {kind_name}");
+            (Some(why), Outcome::unchanged(object))
+        }
+    };
+    let mut preview = finish(kind_name, "CREATE", skipped, outcome);
+    if preview.namespace.is_none() {
+        preview.namespace = namespace;
+    }
+    preview.template = template_preview(pipeline, &preview.object, preview.namespace.as_deref());
+    preview
+}
+
+fn finish(kind: String, operation: &'static str, skipped: Option<String>, o: Outcome) -> Preview {
+    Preview {
+        kind,
+        name: str_at(&o.object, &["metadata", "name"]).map(str::to_string),
+        namespace: str_at(&o.object, &["metadata", "namespace"]).map(str::to_string),
+        operation,
+        skipped,
+        patch: o.patch,
+        object: o.object,
+        changes: o.changes,
+        warnings: o.warnings,
+        template: None,
+    }
+}
+
+/// Where each workload kind keeps its pod template.
+fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some(&["spec", "template"]),
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }
+}
+
+/// The Pod that the workload's controller would create, previewed as a Pod CREATE.
+fn template_preview(
+    pipeline: &Pipeline,
+    workload: &Value,
+    namespace: Option<&str>,
+) -> Option<Box<Preview>> {
+    let template = lookup(workload, template_path(str_at(workload, &["kind"])?)?)?;
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").filter(|m| m.is_object()).cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
+    });
+    let req = Request {
+        kind: Kind::Pod,
+        operation: Operation::Create,
+        namespace,
+        old_object: None,
+    };
+    let mut preview = finish("Pod".to_string(), "CREATE", None, pipeline.run(&req, pod));
+    preview.namespace = namespace.map(str::to_string);
+    Some(Box::new(preview))
+}
+
+/// JSON when it looks like JSON, otherwise a YAML stream. Empty YAML
+/// documents (a leading `---`, a trailing separator) are dropped.
+pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(PreviewError::Empty),
+        Some(b'{') | Some(b'[') => {
+            if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                return Ok(match v {
+                    Value::Array(items) => items,
+                    v => vec![v],
+                });
+            }
+            // Flow-style YAML also starts with `{`; fall through to YAML, but
+            // report the JSON error if that fails too and it was meant as JSON.
+        }
+        Some(_) => {}
+    }
+    let text = std::str::from_utf8(body).map_err(|e| PreviewError::YamlShape {
+        doc: 1,
+        message: format!("body is not UTF-8: {e}"),
+    })?;
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        // Through serde_yaml::Value first: it rejects duplicate keys, where
+        // deserialising straight into serde_json::Value keeps the last one.
+        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de)
+            .map_err(PreviewError::Yaml)?;
+        if yaml.is_null() {
+            continue;
+        }
+        let json = serde_json::to_value(&yaml).map_err(|e| PreviewError::YamlShape {
+            doc: i + 1,
+            message: e.to_string(),
+        })?;
+        docs.push(json);
+    }
+    if docs.is_empty() {
+        return Err(PreviewError::Empty);
+    }
+    check_legacy_octal(text, &docs)?;
+    Ok(docs)
+}
+
+/// YAML 1.1 (kubectl) reads a plain `0640` as octal 416; YAML 1.2 (serde_yaml)
+/// reads it as the string "0640". Either silent choice would mislead, so a
+/// plain scalar of that shape that came out as a string is a clear error.
+fn check_legacy_octal(text: &str, docs: &[Value]) -> Result<(), PreviewError> {
+    for (n, line) in text.lines().enumerate() {
+        let content = line.split(" #").next().unwrap_or("").trim_end();
+        let token = content
+            .rsplit_once(": ")
+            .map(|(_, v)| v)
+            .or_else(|| content.trim_start().strip_prefix("- "))
+            .map(str::trim);
+        let Some(token) = token else { continue };
+        let digits = token.strip_prefix('0').unwrap_or("");
+        if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            continue;
+        }
+        if docs.iter().any(|d| contains_string(d, token)) {
+            return Err(PreviewError::LegacyOctal {
+                line: n + 1,
+                token: token.to_string(),
+                digits: digits.to_string(),
+                decimal: i64::from_str_radix(digits, 8).unwrap_or(0),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn contains_string(v: &Value, s: &str) -> bool {
+    match v {
+        Value::String(x) => x == s,
+        Value::Array(items) => items.iter().any(|i| contains_string(i, s)),
+        Value::Object(map) => map.values().any(|i| contains_string(i, s)),
+        _ => false,
+    }
+}

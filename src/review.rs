@@ -1,0 +1,240 @@
+//! The AdmissionReview v1 envelope: request bytes in, response bytes out.
+//!
+//! The request is parsed into a thin struct whose `object` stays a
+//! `serde_json::Value`, then handed to the [`Pipeline`]. We reuse kube's
+//! `Operation` and `GroupVersionKind`, but not its `AdmissionRequest<T>`:
+//! that forces the object through a typed `ObjectMeta` (dropping fields it
+//! does not know), and its `AdmissionResponse.patch` serialises as an array of
+//! numbers, while the apiserver expects the documented base64 string.
+
+use crate::pipeline::{Outcome, Pipeline, Request};
+use crate::policy::Kind;
+use base64::Engine as _;
+use kube::core::admission::Operation;
+use kube::core::GroupVersionKind;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Why a body is not an AdmissionReview we can answer. Each is a 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("empty body: expected an admission.k8s.io/v1 AdmissionReview")]
+    Empty,
+    #[error("body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("expected an AdmissionReview object, got {0}")]
+    NotAnObject(&'static str),
+    #[error("invalid AdmissionReview: {0}")]
+    Invalid(serde_json::Error),
+    #[error("unsupported apiVersion {0:?}: calmplane speaks admission.k8s.io/v1 only; register the webhook with admissionReviewVersions: [\"v1\"]")]
+    WrongApiVersion(String),
+    #[error("unsupported kind {0:?}: expected AdmissionReview")]
+    WrongKind(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has an empty uid")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    request: Option<RequestIn>,
+}
+
+/// The fields of `AdmissionRequest` calmplane reads; the rest is ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestIn {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: Operation,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub old_object: Option<Value>,
+}
+
+/// How a request ended, for metrics and the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Mutated,
+    Unchanged,
+    Skipped,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Mutated => "mutated",
+            Verdict::Unchanged => "unchanged",
+            Verdict::Skipped => "skipped",
+        }
+    }
+}
+
+/// Everything worth logging and counting about one admission.
+#[derive(Debug)]
+pub struct Summary {
+    pub uid: String,
+    pub kind: String,
+    pub namespace: String,
+    pub operation: &'static str,
+    pub verdict: Verdict,
+    pub policies: Vec<&'static str>,
+}
+
+pub fn operation_str(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// Parse the envelope of an AdmissionReview v1.
+pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ReviewError::Empty),
+        Some(b'[') => return Err(ReviewError::NotAnObject("a JSON array")),
+        Some(b'{') => {}
+        Some(_) => {
+            // Let serde_json say what is wrong and where.
+            return Err(match serde_json::from_slice::<Value>(body) {
+                Err(e) => ReviewError::NotJson(e),
+                Ok(_) => ReviewError::NotAnObject("a JSON scalar"),
+            });
+        }
+    }
+    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ReviewError::NotJson(e)
+        } else {
+            ReviewError::Invalid(e)
+        }
+    })?;
+    match review.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        other => {
+            return Err(ReviewError::WrongApiVersion(
+                other.unwrap_or("").to_string(),
+            ))
+        }
+    }
+    match review.kind.as_deref() {
+        Some("AdmissionReview") => {}
+        other => return Err(ReviewError::WrongKind(other.unwrap_or("").to_string())),
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    Ok(request)
+}
+
+/// Run the pipeline for one parsed request.
+pub fn admit(pipeline: &Pipeline, request: RequestIn) -> (Summary, String, Outcome) {
+    let RequestIn {
+        uid,
+        kind: gvk,
+        sub_resource,
+        namespace,
+        operation,
+        object,
+        old_object,
+    } = request;
+    let kind = Kind::from_gvk(&gvk.group, &gvk.version, &gvk.kind);
+    let mutable = matches!(operation, Operation::Create | Operation::Update)
+        && sub_resource.as_deref().unwrap_or("").is_empty();
+    let mut summary = Summary {
+        uid,
+        kind: gvk.kind,
+        namespace: namespace.clone().unwrap_or_default(),
+        operation: operation_str(&operation),
+        verdict: Verdict::Skipped,
+        policies: Vec::new(),
+    };
+    let outcome = match (kind, object) {
+        (Some(kind), Some(object)) if mutable && object.is_object() => {
+            let req = Request {
+                kind,
+                operation,
+                namespace: namespace.as_deref(),
+                old_object: old_object.as_ref(),
+            };
+            let outcome = pipeline.run(&req, object);
+            summary.verdict = if outcome.patch.is_empty() {
+                Verdict::Unchanged
+            } else {
+                Verdict::Mutated
+            };
+            summary.policies = outcome.policies.clone();
+            outcome
+        }
+        (_, object) => Outcome::unchanged(object.unwrap_or(Value::Null)),
+    };
+    let body = response_body(&summary.uid, &outcome);
+    (summary, body, outcome)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: BTreeMap<&'static str, String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+/// The AdmissionReview v1 response. `allowed` is always true: calmplane only
+/// defaults, it never denies.
+pub fn response_body(uid: &str, outcome: &Outcome) -> String {
+    let patch = (!outcome.patch.is_empty()).then(|| {
+        let json = serde_json::to_vec(&outcome.patch).expect("patch operations serialise");
+        base64::engine::general_purpose::STANDARD.encode(json)
+    });
+    let mut audit_annotations = BTreeMap::new();
+    if !outcome.policies.is_empty() {
+        audit_annotations.insert("policies", outcome.policies.join(","));
+    }
+    let review = ReviewOut {
+        api_version: API_VERSION,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid,
+            allowed: true,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations,
+            warnings: &outcome.warnings,
+        },
+    };
+    serde_json::to_string(&review).expect("response serialises")
+}

@@ -1,0 +1,356 @@
+//! Shared test helpers: a real calmplane server on a loopback TLS socket, a
+//! kept-alive TLS client that trusts only a given CA, and AdmissionReview
+//! builders. Every integration test talks to the server through real sockets.
+#![allow(dead_code)]
+
+use base64::Engine as _;
+use bytes::Bytes;
+use calmplane::certs;
+use calmplane::server::{ServeOptions, Server};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// The repository's `../shared/corpus/upstream` directory.
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/upstream")
+}
+
+pub fn corpus_file(name: &str) -> PathBuf {
+    corpus_dir().join(name)
+}
+
+/// A running server with its own dev certificates in a temp dir.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: tokio::task::JoinHandle<bool>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Start with options adjusted by `tweak` (ports are always ephemeral).
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated =
+            certs::generate(&certs::serving_names("calmplane", "calmplane")).expect("certs");
+        certs::write(dir.path(), &generated).expect("write certs");
+        let mut opts = ServeOptions::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        opts.listen = ([127, 0, 0, 1], 0).into();
+        opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        opts.shutdown_delay = Duration::from_millis(0);
+        opts.reload_interval = Duration::from_millis(100);
+        tweak(&mut opts);
+        let server = Server::bind(opts).await.expect("server binds");
+        let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            metrics_addr,
+            ca_pem: generated.ca_pem,
+            dir,
+            shutdown: Some(tx),
+            handle,
+        }
+    }
+
+    pub async fn client(&self) -> TlsClient {
+        TlsClient::connect(self.addr, &self.ca_pem).await
+    }
+
+    /// Trigger shutdown and wait for the server to return.
+    pub async fn stop(mut self) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.handle).await.expect("server task")
+    }
+
+    /// GET a path on the plaintext metrics port.
+    pub async fn metrics(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics port");
+        let tcp = TcpStream::connect(addr).await.expect("connect metrics");
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("http handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/metrics")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.expect("metrics response");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+}
+
+/// A rustls client config trusting only `ca_pem`.
+pub fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("add CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// One kept-alive HTTPS connection.
+pub struct TlsClient {
+    send: SendRequest<Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TlsClient {
+    pub async fn connect(addr: SocketAddr, ca_pem: &str) -> TlsClient {
+        TlsClient::try_connect(addr, client_config(ca_pem))
+            .await
+            .expect("TLS connect")
+    }
+
+    pub async fn try_connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<TlsClient, Box<dyn std::error::Error + Send + Sync>> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(TlsClient { send })
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        self.try_request(method, path, content_type, body)
+            .await
+            .expect("request over TLS")
+    }
+
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, hyper::Error> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", content_type)
+            .body(Full::new(body.into()))
+            .unwrap();
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.request("GET", path, "text/plain", Bytes::new()).await
+    }
+
+    /// POST an AdmissionReview to /mutate.
+    pub async fn mutate(&mut self, review: &Value) -> Reply {
+        self.request(
+            "POST",
+            "/mutate",
+            "application/json",
+            serde_json::to_vec(review).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn preview(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        self.request("POST", path, content_type, body).await
+    }
+}
+
+/// `group/version` split of an object's apiVersion.
+pub fn gvk_of(object: &Value) -> (String, String, String) {
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    (
+        group.to_string(),
+        version.to_string(),
+        object["kind"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn resource_of(kind: &str) -> String {
+    format!("{}s", kind.to_lowercase())
+}
+
+/// An AdmissionReview v1 request for `object`.
+pub fn review(
+    uid: &str,
+    operation: &str,
+    namespace: &str,
+    object: &Value,
+    old: Option<&Value>,
+) -> Value {
+    let (group, version, kind) = gvk_of(object);
+    let mut request = json!({
+        "uid": uid,
+        "kind": {"group": group, "version": version, "kind": kind},
+        "resource": {"group": group, "version": version, "resource": resource_of(&kind)},
+        "requestKind": {"group": group, "version": version, "kind": kind},
+        "requestResource": {"group": group, "version": version, "resource": resource_of(&kind)},
+        "name": object["metadata"]["name"].as_str().unwrap_or(""),
+        "namespace": namespace,
+        "operation": operation,
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "groups": ["system:serviceaccounts"]},
+        "object": object,
+        "oldObject": old.cloned().unwrap_or(Value::Null),
+        "dryRun": false,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": if operation == "UPDATE" { "UpdateOptions" } else { "CreateOptions" }},
+    });
+    if old.is_none() {
+        request.as_object_mut().unwrap().remove("oldObject");
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+}
+
+/// The Pod a workload's controller would create from its template.
+pub fn pod_from_template(workload: &Value) -> Option<Value> {
+    let template = match workload["kind"].as_str()? {
+        "CronJob" => &workload["spec"]["jobTemplate"]["spec"]["template"],
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => &workload["spec"]["template"],
+        _ => return None,
+    };
+    if !template.is_object() {
+        return None;
+    }
+    let mut metadata = template
+        .get("metadata")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or(json!({}));
+    let name = workload["metadata"]["name"].as_str().unwrap_or("workload");
+    metadata["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    }))
+}
+
+/// Decode a /mutate response: (allowed, patch ops or None, the response object).
+pub fn decode_response(reply: &Reply) -> (Value, Option<Value>) {
+    assert_eq!(reply.status, 200, "mutate failed: {}", reply.text());
+    let review = reply.json();
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    let response = review["response"].clone();
+    assert_eq!(response["allowed"], true, "calmplane never denies");
+    let patch = response.get("patch").map(|p| {
+        let encoded = p
+            .as_str()
+            .expect("patch is a base64 string, not a byte array");
+        assert_eq!(response["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("patch is base64");
+        serde_json::from_slice::<Value>(&bytes).expect("patch is a JSON array")
+    });
+    if patch.is_none() {
+        assert!(
+            response.get("patchType").is_none(),
+            "patchType without patch"
+        );
+    }
+    (response, patch)
+}
+
+/// Apply RFC 6902 `ops` with the json-patch crate.
+pub fn apply_patch(object: &Value, ops: &Value) -> Value {
+    let patch: json_patch::Patch = serde_json::from_value(ops.clone()).expect("patch parses");
+    let mut out = object.clone();
+    json_patch::patch(&mut out, &patch).expect("patch applies");
+    out
+}
+
+/// The Python interpreter of the test venv (`make venv`), which has
+/// `jsonpatch` and `kubernetes-validate`.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("CALMPLANE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+}
