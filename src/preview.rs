@@ -113,7 +113,7 @@ pub fn preview(
 fn preview_review(pipeline: &Pipeline, body: &[u8]) -> Result<Preview, PreviewError> {
     let request = review::parse(body)?;
     let namespace = request.namespace.clone();
-    let operation = review::operation_str(&request.operation);
+    let operation = review::operation_label(&request.operation);
     let (summary, _, outcome) = review::admit(pipeline, request);
     let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
         format!(

@@ -60,7 +60,9 @@ pub struct RequestIn {
     pub sub_resource: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
-    pub operation: Operation,
+    /// Kept as text: an operation this build does not know (a newer
+    /// apiserver, a fixture) is allowed untouched rather than rejected.
+    pub operation: String,
     #[serde(default)]
     pub object: Option<Value>,
     #[serde(default)]
@@ -103,6 +105,22 @@ pub fn operation_str(op: &Operation) -> &'static str {
         Operation::Delete => "DELETE",
         Operation::Connect => "CONNECT",
     }
+}
+
+/// The wire name of an operation, as kube's `Operation`.
+pub fn parse_operation(op: &str) -> Option<Operation> {
+    match op {
+        "CREATE" => Some(Operation::Create),
+        "UPDATE" => Some(Operation::Update),
+        "DELETE" => Some(Operation::Delete),
+        "CONNECT" => Some(Operation::Connect),
+        _ => None,
+    }
+}
+
+/// A bounded label for metrics and logs: the operation comes from the client.
+pub fn operation_label(op: &str) -> &'static str {
+    parse_operation(op).as_ref().map_or("other", operation_str)
 }
 
 /// Parse the envelope of an AdmissionReview v1.
@@ -157,18 +175,20 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn) -> (Summary, String, Outco
         old_object,
     } = request;
     let kind = Kind::from_gvk(&gvk.group, &gvk.version, &gvk.kind);
-    let mutable = matches!(operation, Operation::Create | Operation::Update)
+    let operation_label = operation_label(&operation);
+    let operation = parse_operation(&operation);
+    let mutable = matches!(operation, Some(Operation::Create | Operation::Update))
         && sub_resource.as_deref().unwrap_or("").is_empty();
     let mut summary = Summary {
         uid,
         kind: gvk.kind,
         namespace: namespace.clone().unwrap_or_default(),
-        operation: operation_str(&operation),
+        operation: operation_label,
         verdict: Verdict::Skipped,
         policies: Vec::new(),
     };
-    let outcome = match (kind, object) {
-        (Some(kind), Some(object)) if mutable && object.is_object() => {
+    let outcome = match (kind, object, operation) {
+        (Some(kind), Some(object), Some(operation)) if mutable && object.is_object() => {
             let req = Request {
                 kind,
                 operation,
@@ -184,7 +204,7 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn) -> (Summary, String, Outco
             summary.policies = outcome.policies.clone();
             outcome
         }
-        (_, object) => Outcome::unchanged(object.unwrap_or(Value::Null)),
+        (_, object, _) => Outcome::unchanged(object.unwrap_or(Value::Null)),
     };
     let body = response_body(&summary.uid, &outcome);
     (summary, body, outcome)

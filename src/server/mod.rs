@@ -150,7 +150,7 @@ async fn mutate(
     };
     let pipeline = state.pipeline.load();
     let kind_hint = kind_label(&request.kind.kind);
-    let op_hint = review::operation_str(&request.operation);
+    let op_hint = review::operation_label(&request.operation);
     let uid = request.uid.clone();
     let result = catch_unwind(AssertUnwindSafe(|| review::admit(&pipeline, request)));
     let elapsed = start.elapsed();
