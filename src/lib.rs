@@ -26,11 +26,13 @@
 
 pub mod certs;
 pub mod config;
+pub mod manifests;
 pub mod metrics;
 pub mod patch;
 pub mod pipeline;
 pub mod policy;
 pub mod preview;
+pub mod register;
 pub mod review;
 pub mod selector;
 pub mod server;

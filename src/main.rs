@@ -7,7 +7,7 @@ use calmplane::pipeline::{Pipeline, SystemClock};
 use calmplane::server::listener::Limits;
 use calmplane::server::tls::TlsPaths;
 use calmplane::server::{ServeOptions, Server};
-use calmplane::{certs, preview};
+use calmplane::{certs, manifests, preview, register};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -48,6 +48,10 @@ enum Command {
     Certs(CertsArgs),
     /// Print the patch calmplane would apply to a manifest, offline.
     Preview(PreviewArgs),
+    /// Print the MutatingWebhookConfiguration (manifests/base/webhook.yaml) with the caBundle filled in.
+    Manifests(ManifestsArgs),
+    /// Apply that MutatingWebhookConfiguration to the current cluster (server-side apply, field manager `calmplane`).
+    Register(RegisterArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,6 +135,75 @@ struct PreviewArgs {
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// PEM CA certificate(s) the apiserver trusts calmplane's serving certificate with.
+    #[arg(
+        long,
+        env = "CALMPLANE_CA_BUNDLE",
+        default_value = "certs/ca.crt",
+        conflicts_with = "no_ca_bundle"
+    )]
+    ca_bundle: PathBuf,
+    /// Leave caBundle out, for cert-manager's cainjector to fill in.
+    #[arg(long, env = "CALMPLANE_NO_CA_BUNDLE")]
+    no_ca_bundle: bool,
+    /// Namespace of the calmplane Service (also excluded from mutation).
+    #[arg(long, env = "CALMPLANE_NAMESPACE", default_value = "calmplane")]
+    namespace: String,
+    /// Name of the calmplane Service.
+    #[arg(long, env = "CALMPLANE_SERVICE", default_value = "calmplane")]
+    service: String,
+}
+
+impl WebhookArgs {
+    fn configuration(&self) -> Result<serde_json::Value> {
+        let pem = self.read_ca_bundle()?;
+        Ok(manifests::webhook_configuration(
+            &self.options(pem.as_deref()),
+        )?)
+    }
+
+    fn read_ca_bundle(&self) -> Result<Option<Vec<u8>>> {
+        if self.no_ca_bundle {
+            return Ok(None);
+        }
+        let pem = std::fs::read(&self.ca_bundle).with_context(|| {
+            format!(
+                "reading the CA bundle {} (generate one with `calmplane certs`, or pass --no-ca-bundle when cert-manager injects it)",
+                self.ca_bundle.display()
+            )
+        })?;
+        Ok(Some(pem))
+    }
+
+    fn options<'a>(&'a self, pem: Option<&'a [u8]>) -> manifests::WebhookOptions<'a> {
+        manifests::WebhookOptions {
+            namespace: &self.namespace,
+            service: &self.service,
+            ca_bundle_pem: pem,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ManifestsArgs {
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+#[derive(clap::Args)]
+struct RegisterArgs {
+    #[command(flatten)]
+    webhook: WebhookArgs,
+    /// Take over fields that another field manager owns with different values.
+    #[arg(long, env = "CALMPLANE_REGISTER_FORCE")]
+    force: bool,
+    /// Have the apiserver validate and admit the change without storing it.
+    #[arg(long, env = "CALMPLANE_REGISTER_DRY_RUN")]
+    dry_run: bool,
+}
+
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     // Logging must never block a request: lines go through a background writer.
@@ -171,7 +244,39 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Preview(args) => run_preview(args),
+        Command::Manifests(args) => {
+            let config = args.webhook.configuration()?;
+            print!("{}", serde_yaml::to_string(&config)?);
+            Ok(())
+        }
+        Command::Register(args) => run_register(args),
     }
+}
+
+fn run_register(args: RegisterArgs) -> Result<()> {
+    let config = args.webhook.configuration()?;
+    let opts = register::RegisterOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stored = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the cluster (kubeconfig or in-cluster service account)")?;
+        anyhow::Ok(register::register(client, &config, opts).await?)
+    })?;
+    let name = stored.metadata.name.as_deref().unwrap_or("?");
+    let webhooks = stored.webhooks.as_ref().map_or(0, Vec::len);
+    let version = stored.metadata.resource_version.as_deref().unwrap_or("?");
+    let dry_run = if args.dry_run { " (dry run)" } else { "" };
+    eprintln!(
+        "applied MutatingWebhookConfiguration {name}{dry_run}: {webhooks} webhooks, resourceVersion {version}"
+    );
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

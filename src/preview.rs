@@ -87,17 +87,9 @@ pub fn preview(
         if str_at(&doc, &["kind"]) == Some("AdmissionReview") {
             let bytes = serde_json::to_vec(&doc).map_err(PreviewError::Json)?;
             items.push(preview_review(pipeline, &bytes)?);
-        } else if str_at(&doc, &["kind"]) == Some("List")
-            && doc.get("items").is_some_and(Value::is_array)
-        {
-            let Value::Object(mut list) = doc else {
-                unreachable!()
-            };
-            let Some(Value::Array(list_items)) = list.remove("items") else {
-                unreachable!()
-            };
+        } else if let Some(list_items) = list_items(&doc) {
             for item in list_items {
-                items.push(preview_object(pipeline, item, namespace));
+                items.push(preview_object(pipeline, item.clone(), namespace));
             }
         } else {
             items.push(preview_object(pipeline, doc, namespace));
@@ -108,6 +100,14 @@ pub fn preview(
     } else {
         PreviewResponse::Many { items }
     })
+}
+
+/// The items of a `v1 List`.
+fn list_items(doc: &Value) -> Option<&Vec<Value>> {
+    if str_at(doc, &["kind"]) != Some("List") {
+        return None;
+    }
+    doc.get("items").and_then(Value::as_array)
 }
 
 fn preview_review(pipeline: &Pipeline, body: &[u8]) -> Result<Preview, PreviewError> {
