@@ -35,6 +35,8 @@ pub enum ReviewError {
     WrongKind(String),
     #[error("AdmissionReview has no request")]
     NoRequest,
+    #[error("this is a bare AdmissionRequest; send it wrapped: {{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionReview\", \"request\": ...}}")]
+    BareRequest,
     #[error("AdmissionReview request has an empty uid")]
     NoUid,
 }
@@ -140,6 +142,8 @@ pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
     let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ReviewError::NotJson(e)
+        } else if looks_like_bare_request(body) {
+            ReviewError::BareRequest
         } else {
             ReviewError::Invalid(e)
         }
@@ -161,6 +165,16 @@ pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
         return Err(ReviewError::NoUid);
     }
     Ok(request)
+}
+
+/// An AdmissionRequest sent without its AdmissionReview envelope (test
+/// fixtures often are). Only consulted on the error path.
+fn looks_like_bare_request(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| {
+        v.get("request").is_none()
+            && v.get("operation").is_some()
+            && v.get("kind").is_some_and(Value::is_object)
+    })
 }
 
 /// Run the pipeline for one parsed request.

@@ -473,7 +473,7 @@ async fn real_admission_reviews_from_the_corpus() {
     assert!(request.get("request").is_none() && request.get("apiVersion").is_none());
     // Unwrapped, it is not an AdmissionReview: a clear 400.
     let message = expect_error(&c.mutate(&request).await, 400);
-    assert!(message.contains("AdmissionReview"), "{message}");
+    assert!(message.contains("bare AdmissionRequest"), "{message}");
     let (response, patch) = decode_response(&c.mutate(&wrap(request.clone())).await);
     assert_eq!(response["uid"], request["uid"]);
     let object = &request["object"];
