@@ -222,7 +222,7 @@ impl Mutation {
             return false;
         };
         let removed = match lookup_mut(&mut self.doc, parents) {
-            Some(Value::Object(map)) => map.remove(*last).is_some(),
+            Some(Value::Object(map)) => map.shift_remove(*last).is_some(),
             _ => false,
         };
         if removed {
