@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export CALMPLANE_PYTHON := $(abspath $(PY))
 
-.PHONY: run test venv certs build release lint fmt clean
+.PHONY: run test venv certs build release lint fmt clean bench bench-gate bench-baseline bench-measure load
 
 run: certs/tls.crt
 	$(CARGO) run --release -- serve --log-format text
@@ -40,3 +40,57 @@ fmt:
 
 clean:
 	rm -rf target $(VENV)
+
+# --- performance (benches/, load/; see README "Performance") ---------------
+#   make bench           full criterion run + instruction counts, then the gate's report
+#   make bench-gate      CI: a short criterion run + instruction counts; fails on a
+#                        5 ms budget breach or a pipeline/floor ratio >25% over
+#                        benches/baseline.json (benches/gate.py)
+#   make bench-baseline  re-measure and rewrite benches/baseline.json
+#   make load            release server under oha over TLS vs the transport floor
+BENCH_DIR        ?= target/bench-gate
+BENCH_GATE_ARGS  ?= --warm-up-time 0.5 --measurement-time 1.5 --sample-size 20
+
+bench:
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	$(CARGO) bench --bench pipeline
+	$(CARGO) bench --bench icount
+	$(PYTHON) benches/gate.py
+
+bench-measure:
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	rm -rf $(BENCH_DIR)
+	mkdir -p $(BENCH_DIR)
+	CRITERION_HOME=$(abspath $(BENCH_DIR))/criterion $(CARGO) bench --bench pipeline -- $(BENCH_GATE_ARGS)
+	CALMPLANE_ICOUNT_OUT=$(abspath $(BENCH_DIR))/icount.json $(CARGO) bench --bench icount
+
+bench-gate: bench-measure
+	$(PYTHON) benches/gate.py --criterion $(BENCH_DIR)/criterion --icount $(BENCH_DIR)/icount.json
+
+bench-baseline: bench-measure
+	$(PYTHON) benches/gate.py --criterion $(BENCH_DIR)/criterion --icount $(BENCH_DIR)/icount.json --update-baseline
+
+load:
+	bash load/run.sh
+
+# --- resilience (soak/, fuzz/; see README "Resilience") --------------------
+#   make soak        release server over TLS on 127.0.0.1 for SOAK_SECONDS (180): 90% valid
+#                    reviews from ../shared/corpus, 10% bad inputs; fails on any valid error,
+#                    a bad input without its 4xx, RSS +10% first->last minute, or exit != 0
+#   make fuzz        cargo-fuzz (nightly) on /mutate body bytes for FUZZ_SECONDS (300),
+#                    seeded from ../shared/corpus by fuzz/seed.sh (into git-ignored fuzz/corpus);
+#                    on stable: cargo test --test properties fuzz_seed_corpus_replay
+.PHONY: soak fuzz fuzz-seed
+SOAK_SECONDS ?= 180
+FUZZ_SECONDS ?= 300
+
+soak:
+	SOAK_SECONDS=$(SOAK_SECONDS) bash soak/soak.sh
+
+fuzz-seed:
+	bash fuzz/seed.sh
+
+fuzz: fuzz-seed
+	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (cargo-fuzz); on stable run: cargo test --test properties fuzz_seed_corpus_replay"; exit 1; }
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) +nightly fuzz run mutate fuzz/corpus/mutate -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096

@@ -65,6 +65,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_announced_oversize,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -106,6 +110,48 @@ fn body_error(rejection: BytesRejection) -> Response {
     error(status, message)
 }
 
+/// A body announced (Content-Length) larger than the cap is refused before
+/// any of it is read: a hostile client that says 20 MiB gets its 413 at once
+/// instead of after the server has read and decrypted 8 MiB of it. Bodies
+/// without a length are still cut at the cap by `DefaultBodyLimit`.
+async fn refuse_announced_oversize(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if request.uri().path() == "/mutate" {
+            state
+                .metrics
+                .requests
+                .with_label_values(&["unknown", "unknown", "error"])
+                .inc();
+        }
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        );
+    }
+    next.run(request).await
+}
+
+/// The longest error message logged or returned for a rejected body.
+const MAX_ERROR_CHARS: usize = 512;
+
+fn clip(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
+        let more = message.len() - cut;
+        message.truncate(cut);
+        message.push_str(&format!("... ({more} more bytes)"));
+    }
+    message
+}
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
@@ -144,8 +190,11 @@ async fn mutate(
             m.requests
                 .with_label_values(&["unknown", "unknown", "error"])
                 .inc();
-            tracing::warn!(error = %e, "rejected admission request");
-            return error(StatusCode::BAD_REQUEST, e.to_string());
+            // serde's messages quote the offending value, which the client
+            // chose: clip it so that one request cannot write megabytes of log.
+            let message = clip(e.to_string());
+            tracing::warn!(error = %message, "rejected admission request");
+            return error(StatusCode::BAD_REQUEST, message);
         }
     };
     let pipeline = state.pipeline.load();

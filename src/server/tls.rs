@@ -124,7 +124,8 @@ impl TlsStore {
                     .ok()
                     .flatten();
                 match result {
-                    None => {}
+                    // The files are readable and unchanged.
+                    None => last_error = None,
                     Some(Ok(())) => {
                         last_error = None;
                         metrics.tls_reloads.with_label_values(&["success"]).inc();
@@ -133,7 +134,11 @@ impl TlsStore {
                     Some(Err(e)) => {
                         let message = e.to_string();
                         // A missing file during a swap repeats every tick; say it once.
-                        if last_error.as_deref() != Some(&message) {
+                        // Any other error comes from bytes not tried before: a new
+                        // attempt, counted even when its message matches the last one.
+                        let repeated = matches!(e, TlsError::Read { .. })
+                            && last_error.as_deref() == Some(&message);
+                        if !repeated {
                             metrics.tls_reloads.with_label_values(&["error"]).inc();
                             tracing::warn!(error = %message, "TLS reload failed; still serving the previous certificate");
                         }
