@@ -1,7 +1,7 @@
 """Apply calmplane's patches with an independent RFC 6902 implementation.
 
-Used by tests/policies.rs and tests/http_api.rs. The Rust side writes, for
-each case NAME in DIR:
+Used by tests/policies.rs and tests/http_api.rs through PyChecks
+(tests/support/pychecks.rs). The Rust side writes, for each case NAME in DIR:
 
     NAME.orig.json   the object as admitted
     NAME.patch.json  the JSON Patch calmplane answered

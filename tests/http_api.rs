@@ -4,21 +4,20 @@
 mod support;
 
 use base64::Engine as _;
-use calmplane::certs;
 use calmplane::config::{DnsConfig, PrestopConfig};
 use calmplane::patch::Mutation;
 use calmplane::pipeline::{FixedClock, Pipeline};
 use calmplane::policy::{dns::Dns, prestop::Prestop, Context, Kind, Policy};
-use calmplane::server::{AppState, ServeOptions, Server};
 use calmplane::{LEASE_SELECTOR_ANNOTATION, SKIP_ANNOTATION};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use support::pychecks::PyChecks;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,70 +26,6 @@ const MIB: usize = 1024 * 1024;
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-/// Patched objects, checked at the end with Python jsonpatch and
-/// `kubernetes-validate --strict -k 1.34.0`.
-struct PyChecks {
-    dir: tempfile::TempDir,
-    n: usize,
-}
-
-impl PyChecks {
-    fn new() -> PyChecks {
-        PyChecks {
-            dir: tempfile::tempdir().unwrap(),
-            n: 0,
-        }
-    }
-
-    fn add(&mut self, orig: &Value, patch: &Value, want: &Value) {
-        let base = self.dir.path().join(format!("{:03}", self.n));
-        for (ext, v) in [("orig", orig), ("patch", patch), ("want", want)] {
-            let path = PathBuf::from(format!("{}.{ext}.json", base.display()));
-            std::fs::write(path, serde_json::to_vec(v).unwrap()).unwrap();
-        }
-        self.n += 1;
-    }
-
-    fn run(self) {
-        assert!(self.n > 0);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_patch.py");
-        let out = Command::new(python())
-            .arg(script)
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "Python jsonpatch disagrees:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with(".want.json"))
-            .collect();
-        files.sort();
-        let validator = python().parent().unwrap().join("kubernetes-validate");
-        let out = Command::new(validator)
-            .args(["--strict", "-k", "1.34.0"])
-            .args(&files)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
-        assert_eq!(
-            text.matches(" passed for resource ").count(),
-            self.n,
-            "{text}"
-        );
-    }
-}
 
 fn pod(name: &str, namespace: Option<&str>) -> Value {
     let mut p = json!({
@@ -104,6 +39,11 @@ fn pod(name: &str, namespace: Option<&str>) -> Value {
     p
 }
 
+/// A CREATE review of `pod(name)` in namespace `ns`.
+fn pod_review(uid: &str, name: &str) -> Value {
+    review(uid, "CREATE", "ns", &pod(name, Some("ns")), None)
+}
+
 fn deployment(strategy: Value) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -115,18 +55,6 @@ fn deployment(strategy: Value) -> Value {
                          "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
         }
     })
-}
-
-fn warnings(response: &Value) -> Vec<String> {
-    match response.get("warnings") {
-        None => Vec::new(),
-        Some(w) => w
-            .as_array()
-            .expect("warnings is a list")
-            .iter()
-            .map(|s| s.as_str().expect("warnings are strings").to_string())
-            .collect(),
-    }
 }
 
 /// The set of policies named in auditAnnotations.
@@ -172,15 +100,7 @@ fn expect_error(reply: &Reply, status: u16) -> String {
 
 /// A good request after a bad one: the server still answers.
 async fn still_serving(client: &mut TlsClient) {
-    let reply = client
-        .mutate(&review(
-            "after",
-            "CREATE",
-            "ns",
-            &pod("p", Some("ns")),
-            None,
-        ))
-        .await;
+    let reply = client.mutate(&pod_review("after", "p")).await;
     let (response, patch) = decode_response(&reply);
     assert_eq!(response["uid"], "after");
     assert!(patch.is_some());
@@ -241,7 +161,7 @@ async fn mutate_answers_with_a_base64_json_patch() {
         patched["metadata"]["annotations"][LEASE_SELECTOR_ANNOTATION],
         "metadata.namespace=team-a"
     );
-    py.add(&p, &patch, &patched);
+    py.add("pod-web-0", &p, &patch, &patched);
 
     // Unchanged: no patch, no patchType, nothing audited.
     let reply = c
@@ -263,7 +183,7 @@ async fn mutate_answers_with_a_base64_json_patch() {
     assert_eq!(response["uid"], "uid-d");
     assert_eq!(audited(&response), sorted(&["rollout"]));
     let patch = patch.unwrap();
-    py.add(&d, &patch, &apply_patch(&d, &patch));
+    py.add("deployment-web", &d, &patch, &apply_patch(&d, &patch));
     py.run();
     assert!(server.stop().await);
 }
@@ -279,19 +199,13 @@ async fn warnings_only_for_adjustments() {
     let (response, patch) =
         decode_response(&c.mutate(&review("g", "CREATE", "ns", &p, None)).await);
     assert!(patch.is_some());
-    let w = warnings(&response);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(
-        w[0].contains("terminationGracePeriodSeconds") && w[0].contains('5') && w[0].contains("10"),
-        "{w:?}"
-    );
+    let w = one_warning(&response, "terminationGracePeriodSeconds");
+    assert!(w.contains('5') && w.contains("10"), "{w:?}");
 
     // Raised maxSurge.
     let d = deployment(json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}));
     let (response, _) = decode_response(&c.mutate(&review("s", "CREATE", "shop", &d, None)).await);
-    let w = warnings(&response);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].contains("maxSurge"), "{w:?}");
+    one_warning(&response, "maxSurge");
 
     // Unparsable lease selector: left unchanged, warned.
     let mut p = pod("p", Some("ns"));
@@ -303,9 +217,7 @@ async fn warnings_only_for_adjustments() {
         patched["metadata"]["annotations"][LEASE_SELECTOR_ANNOTATION],
         "metadata.name=a=b"
     );
-    let w = warnings(&response);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].contains("lease"), "{w:?}");
+    one_warning(&response, "lease");
 
     // Ordinary changes are not warnings.
     for (name, ns, object) in [
@@ -451,7 +363,7 @@ async fn real_admission_reviews_from_the_corpus() {
         assert_eq!(patched, want, "{file}");
         assert_eq!(audited(&response), sorted(&["dns", "prestop"]), "{file}");
         assert!(warnings(&response).is_empty(), "{file}");
-        py.add(object, &patch, &patched);
+        py.add(file, object, &patch, &patched);
     }
 
     // kubernetes/api all-fields fixture: a CustomType object, a subresource,
@@ -483,7 +395,7 @@ async fn real_admission_reviews_from_the_corpus() {
     want["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = json!(0);
     assert_eq!(patched, want);
     assert_eq!(audited(&response), sorted(&["rollout"]));
-    py.add(object, &patch, &patched);
+    py.add("app_deployment", object, &patch, &patched);
 
     let request =
         corpus_json("kubewarden__policy-evaluator__tests__data__pod_creation_flux_cat.json");
@@ -510,7 +422,7 @@ async fn real_admission_reviews_from_the_corpus() {
 async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
-    let good_request = review("r", "CREATE", "ns", &pod("p", Some("ns")), None)["request"].clone();
+    let good_request = pod_review("r", "p")["request"].clone();
     let mut v1beta1 = wrap(good_request.clone());
     v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let mut no_uid = good_request.clone();
@@ -695,64 +607,6 @@ impl Policy for PanickingPolicy {
     }
 }
 
-/// A server whose state the test can reach (TestServer does not expose it).
-struct StateServer {
-    addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    ca_pem: String,
-    state: Arc<AppState>,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<bool>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_with_state(pipeline: Pipeline) -> StateServer {
-    let dir = tempfile::tempdir().unwrap();
-    let generated = certs::generate(&certs::serving_names("calmplane", "calmplane")).unwrap();
-    certs::write(dir.path(), &generated).unwrap();
-    let mut opts = ServeOptions::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    opts.listen = ([127, 0, 0, 1], 0).into();
-    opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
-    opts.shutdown_delay = Duration::ZERO;
-    let server = Server::bind(opts).await.unwrap();
-    server.state.pipeline.store(Arc::new(pipeline));
-    let (addr, metrics_addr, state) = (
-        server.local_addr(),
-        server.metrics_addr().unwrap(),
-        server.state.clone(),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    StateServer {
-        addr,
-        metrics_addr,
-        ca_pem: generated.ca_pem,
-        state,
-        shutdown: tx,
-        handle,
-        _dir: dir,
-    }
-}
-
-async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use http_body_util::{BodyExt, Full};
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", "localhost")
-        .body(Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test]
 async fn a_panic_in_a_policy_is_a_500_for_that_request_only() {
     let clock = Arc::new(FixedClock(1_767_000_000));
@@ -764,32 +618,17 @@ async fn a_panic_in_a_policy_is_a_500_for_that_request_only() {
         ],
         clock.clone(),
     );
-    let s = start_with_state(pipeline).await;
-    let mut c = TlsClient::connect(s.addr, &s.ca_pem).await;
+    let s = TestServer::start().await;
+    s.state.pipeline.store(Arc::new(pipeline));
+    let mut c = s.client().await;
 
     for round in 0..2 {
         let uid = format!("boom-{round}");
-        let reply = c
-            .mutate(&review(
-                &uid,
-                "CREATE",
-                "ns",
-                &pod("boom", Some("ns")),
-                None,
-            ))
-            .await;
+        let reply = c.mutate(&pod_review(&uid, "boom")).await;
         let message = expect_error(&reply, 500);
         assert!(message.contains(&uid), "{message}");
         // The next good request on the same connection succeeds.
-        let reply = c
-            .mutate(&review(
-                "fine",
-                "CREATE",
-                "ns",
-                &pod("fine", Some("ns")),
-                None,
-            ))
-            .await;
+        let reply = c.mutate(&pod_review("fine", "fine")).await;
         let (response, patch) = decode_response(&reply);
         assert_eq!(response["uid"], "fine");
         let patched = apply_patch(&pod("fine", Some("ns")), &patch.unwrap());
@@ -799,66 +638,38 @@ async fn a_panic_in_a_policy_is_a_500_for_that_request_only() {
         );
     }
     // /preview too.
+    let pod_json = |name| serde_json::to_vec(&pod(name, Some("ns"))).unwrap();
     let reply = c
-        .preview(
-            "/preview",
-            "application/json",
-            serde_json::to_vec(&pod("boom", Some("ns"))).unwrap(),
-        )
+        .preview("/preview", "application/json", pod_json("boom"))
         .await;
     expect_error(&reply, 500);
     let reply = c
-        .preview(
-            "/preview",
-            "application/json",
-            serde_json::to_vec(&pod("fine", Some("ns"))).unwrap(),
-        )
+        .preview("/preview", "application/json", pod_json("fine"))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
     // Counted as errors, by kind and operation.
-    let (status, metrics) = plain_get(s.metrics_addr, "/metrics").await;
+    let (status, metrics) = s.metrics_get("/metrics").await;
     assert_eq!(status, 200);
     let m = parse_metrics(&metrics);
-    assert_eq!(
+    let pod_creates = |result| {
         value(
             &m,
             "calmplane_admission_requests_total",
-            &[
-                ("kind", "Pod"),
-                ("operation", "CREATE"),
-                ("result", "error")
-            ]
-        ),
-        Some(2.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        value(
-            &m,
-            "calmplane_admission_requests_total",
-            &[
-                ("kind", "Pod"),
-                ("operation", "CREATE"),
-                ("result", "mutated")
-            ]
-        ),
-        Some(2.0),
-        "{metrics}"
-    );
+            &[("kind", "Pod"), ("operation", "CREATE"), ("result", result)],
+        )
+    };
+    assert_eq!(pod_creates("error"), Some(2.0), "{metrics}");
+    assert_eq!(pod_creates("mutated"), Some(2.0), "{metrics}");
 
     // Swapping the pipeline back to the defaults takes effect at once.
     s.state.pipeline.store(Arc::new(Pipeline::new(
         &calmplane::config::Config::default(),
         clock,
     )));
-    let (_, patch) = decode_response(
-        &c.mutate(&review("b", "CREATE", "ns", &pod("boom", Some("ns")), None))
-            .await,
-    );
+    let (_, patch) = decode_response(&c.mutate(&pod_review("b", "boom")).await);
     assert!(patch.is_some());
-    let _ = s.shutdown.send(());
-    assert!(s.handle.await.unwrap());
+    assert!(s.stop().await);
 }
 
 // ---------------------------------------------------------------------------
@@ -876,6 +687,17 @@ async fn preview(
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.content_type.starts_with("application/json"));
     reply.json()
+}
+
+/// [`preview`] of one JSON value.
+async fn preview_json(c: &mut TlsClient, path: &str, body: &Value) -> Value {
+    preview(
+        c,
+        path,
+        "application/json",
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
 }
 
 /// A single preview's patch reproduces its object from `input`, and its
@@ -914,13 +736,7 @@ async fn preview_accepts_json_yaml_streams_lists_and_reviews() {
     let object: Value = serde_yaml::from_str(POD_YAML).unwrap();
 
     // One object as JSON and as YAML: the same answer.
-    let from_json = preview(
-        &mut c,
-        "/preview",
-        "application/json",
-        serde_json::to_vec(&object).unwrap(),
-    )
-    .await;
+    let from_json = preview_json(&mut c, "/preview", &object).await;
     let from_yaml = preview(&mut c, "/preview", "application/yaml", POD_YAML).await;
     assert_eq!(from_json, from_yaml);
     assert!(from_json.get("items").is_none());
@@ -980,13 +796,7 @@ async fn preview_accepts_json_yaml_streams_lists_and_reviews() {
     // An AdmissionReview: its own operation and namespace.
     let r =
         corpus_json("kubewarden__policy-server__tests__data__pod_with_privileged_containers.json");
-    let answer = preview(
-        &mut c,
-        "/preview",
-        "application/json",
-        serde_json::to_vec(&r).unwrap(),
-    )
-    .await;
+    let answer = preview_json(&mut c, "/preview", &r).await;
     assert_eq!(answer["kind"], "Pod");
     assert_eq!(answer["operation"], "CREATE");
     assert_eq!(answer["namespace"], "default");
@@ -998,13 +808,7 @@ async fn preview_accepts_json_yaml_streams_lists_and_reviews() {
     let p = pod("p", Some("ns"));
     let mut del = review("d", "DELETE", "ns", &p, Some(&p));
     del["request"]["object"] = Value::Null;
-    let answer = preview(
-        &mut c,
-        "/preview",
-        "application/json",
-        serde_json::to_vec(&del).unwrap(),
-    )
-    .await;
+    let answer = preview_json(&mut c, "/preview", &del).await;
     assert_eq!(answer["patch"], json!([]));
     assert!(answer["skipped"].is_string(), "{answer:#}");
     assert!(server.stop().await);
@@ -1036,13 +840,7 @@ async fn preview_templates_of_workloads() {
                               "metadata": template["metadata"], "spec": template["spec"]});
     for w in &workloads {
         let kind = w["kind"].as_str().unwrap();
-        let answer = preview(
-            &mut c,
-            "/preview",
-            "application/json",
-            serde_json::to_vec(w).unwrap(),
-        )
-        .await;
+        let answer = preview_json(&mut c, "/preview", w).await;
         assert_eq!(answer["kind"], kind);
         check_preview(&answer, w);
         let t = &answer["template"];
@@ -1072,23 +870,11 @@ async fn preview_templates_of_workloads() {
     // A skip annotation on the template reaches the template preview.
     let mut skipped = workloads[0].clone();
     skipped["spec"]["template"]["metadata"]["annotations"][SKIP_ANNOTATION] = json!("all");
-    let answer = preview(
-        &mut c,
-        "/preview",
-        "application/json",
-        serde_json::to_vec(&skipped).unwrap(),
-    )
-    .await;
+    let answer = preview_json(&mut c, "/preview", &skipped).await;
     assert_eq!(answer["template"]["patch"], json!([]));
     // No template for a Pod or a Service.
     let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
-    let answer = preview(
-        &mut c,
-        "/preview",
-        "application/json",
-        serde_json::to_vec(&service).unwrap(),
-    )
-    .await;
+    let answer = preview_json(&mut c, "/preview", &service).await;
     assert!(answer.get("template").is_none());
     assert!(answer["skipped"].is_string());
     assert!(server.stop().await);
@@ -1129,13 +915,7 @@ async fn preview_namespace_parameter() {
     // The object's own namespace wins: the parameter only fills a gap.
     let mut own = p.clone();
     own["metadata"]["namespace"] = json!("own");
-    let answer = preview(
-        &mut c,
-        "/preview?namespace=team-b",
-        "application/json",
-        serde_json::to_vec(&own).unwrap(),
-    )
-    .await;
+    let answer = preview_json(&mut c, "/preview?namespace=team-b", &own).await;
     assert_eq!(
         answer["object"]["metadata"]["annotations"][LEASE_SELECTOR_ANNOTATION],
         "metadata.namespace=own,app=x"
@@ -1146,13 +926,7 @@ async fn preview_namespace_parameter() {
     d["metadata"].as_object_mut().unwrap().remove("namespace");
     d["spec"]["template"]["metadata"]["annotations"] =
         json!({LEASE_SELECTOR_ANNOTATION: "metadata.name=x"});
-    let answer = preview(
-        &mut c,
-        "/preview?namespace=team-c",
-        "application/json",
-        serde_json::to_vec(&d).unwrap(),
-    )
-    .await;
+    let answer = preview_json(&mut c, "/preview?namespace=team-c", &d).await;
     assert_eq!(
         answer["template"]["object"]["metadata"]["annotations"][LEASE_SELECTOR_ANNOTATION],
         "metadata.namespace=team-c"
@@ -1464,7 +1238,7 @@ fn parse_metrics(text: &str) -> Series {
             Some((n, rest)) => (n, rest.trim_end_matches('}')),
             None => (series, ""),
         };
-        let mut pairs: Vec<(String, String)> = labels
+        let pairs: Vec<(String, String)> = labels
             .split("\",")
             .filter(|s| !s.is_empty())
             .map(|kv| {
@@ -1472,15 +1246,7 @@ fn parse_metrics(text: &str) -> Series {
                 (k.to_string(), v.trim_matches('"').to_string())
             })
             .collect();
-        pairs.sort();
-        let key = format!(
-            "{name}{{{}}}",
-            pairs
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let key = series_key(name, pairs);
         let value = match value {
             "+Inf" => f64::INFINITY,
             v => v.parse().unwrap(),
@@ -1490,18 +1256,15 @@ fn parse_metrics(text: &str) -> Series {
     out
 }
 
-fn value(m: &Series, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut pairs: Vec<(&str, &str)> = labels.to_vec();
+/// `name{k=v,...}` with the labels sorted: a key of [`Series`].
+fn series_key<K: Ord + Display, V: Ord + Display>(name: &str, mut pairs: Vec<(K, V)>) -> String {
     pairs.sort();
-    let key = format!(
-        "{name}{{{}}}",
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    m.get(&key).copied()
+    let labels: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+fn value(m: &Series, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    m.get(&series_key(name, labels.to_vec())).copied()
 }
 
 #[tokio::test]

@@ -1509,6 +1509,12 @@ mod register {
         .expect("configuration")
     }
 
+    /// A failed apiserver `Status`.
+    fn failure(code: u16, reason: &str, message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code})
+    }
+
     /// Run `register` against a mock that answers the first request with
     /// `status` and `reply(body it received)`.
     async fn against_mock(
@@ -1658,9 +1664,7 @@ mod register {
     async fn a_conflict_is_reported_with_the_way_out() {
         let config = config();
         let conflict = |_: &Value| {
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\": .webhooks[name=\"pods.calmplane.dev\"].timeoutSeconds",
-                   "reason": "Conflict", "code": 409})
+            failure(409, "Conflict", "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\": .webhooks[name=\"pods.calmplane.dev\"].timeoutSeconds")
         };
         let (result, _) = against_mock(&config, RegisterOptions::default(), 409, conflict).await;
         let err = result.expect_err("a conflict is an error");
@@ -1677,9 +1681,7 @@ mod register {
     async fn other_api_errors_are_not_called_conflicts() {
         let config = config();
         let forbidden = |_: &Value| {
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": "mutatingwebhookconfigurations.admissionregistration.k8s.io \"calmplane\" is forbidden",
-                   "reason": "Forbidden", "code": 403})
+            failure(403, "Forbidden", "mutatingwebhookconfigurations.admissionregistration.k8s.io \"calmplane\" is forbidden")
         };
         let (result, _) = against_mock(&config, RegisterOptions::default(), 403, forbidden).await;
         let err = result.expect_err("forbidden is an error");

@@ -6,10 +6,8 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::process::Process;
 use support::*;
 
 /// Strings that appear only inside the admitted object: they must never
@@ -27,127 +25,26 @@ fn marked_pod() -> Value {
             "env": [{"name": "SECRET", "value": MARKERS[1]}]}]}})
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A Pod CREATE in `team-a` of [`marked_pod`].
+fn marked_review(uid: &str) -> Value {
+    review(uid, "CREATE", "team-a", &marked_pod(), None)
 }
 
-/// The real binary with its stderr in a file; killed on drop.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    ca_pem: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    async fn start(log_format: &str) -> Process {
-        for attempt in 1..=5 {
-            let dir = tempfile::tempdir().unwrap();
-            let certs = calmplane::certs::generate(&calmplane::certs::serving_names(
-                "calmplane",
-                "calmplane",
-            ))
-            .unwrap();
-            calmplane::certs::write(dir.path(), &certs).unwrap();
-            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let log = dir.path().join("calmplane.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_calmplane"))
-                .args(["--log-format", log_format, "serve"])
-                .args(["--listen", &addr.to_string()])
-                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-                .arg("--cert")
-                .arg(dir.path().join("tls.crt"))
-                .arg("--key")
-                .arg(dir.path().join("tls.key"))
-                .args(["--shutdown-delay", "0s"])
-                .env("CALMPLANE_LOG", "info")
-                .env_remove("CALMPLANE_LOG_FORMAT")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("start calmplane");
-            let mut p = Process {
-                child,
-                addr,
-                ca_pem: certs.ca_pem,
-                log,
-                _dir: dir,
-            };
-            if p.wait_healthy().await {
-                return p;
-            }
-            eprintln!("start attempt {attempt} failed: {}", p.log_text());
-        }
-        panic!("calmplane did not start");
-    }
-
-    async fn wait_healthy(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Ok(mut c) = TlsClient::try_connect(self.addr, client_config(&self.ca_pem)).await
-            {
-                if let Ok(r) = c
-                    .try_request("GET", "/healthz", "text/plain", Vec::new())
-                    .await
-                {
-                    return r.status == 200;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Lines are written by a background writer: poll for the one wanted.
-    async fn wait_for_line(&self, needle: &str) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(line) = self.log_text().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "no log line with {needle:?}; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+/// Nothing of the admitted objects reached `log`.
+fn assert_no_marker(log: &str) {
+    for marker in MARKERS {
+        assert!(
+            !log.contains(marker),
+            "the object leaked into the log: {marker}\n{log}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_admission_fields_and_never_the_object() {
-    let process = Process::start("json").await;
+    let process = Process::start("json", &["--shutdown-delay", "0s"]).await;
     let mut client = TlsClient::connect(process.addr, &process.ca_pem).await;
-    let reply = client
-        .mutate(&review(
-            "uid-json-1",
-            "CREATE",
-            "team-a",
-            &marked_pod(),
-            None,
-        ))
-        .await;
+    let reply = client.mutate(&marked_review("uid-json-1")).await;
     assert!(decode_response(&reply).1.is_some());
     // A Deployment UPDATE and an unhandled kind log the same fields.
     let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -207,27 +104,14 @@ async fn json_logs_carry_the_admission_fields_and_never_the_object() {
         serde_json::from_str::<Value>(line)
             .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
     }
-    for marker in MARKERS {
-        assert!(
-            !log.contains(marker),
-            "the object leaked into the log: {marker}\n{log}"
-        );
-    }
+    assert_no_marker(&log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_one_line_per_admission() {
-    let process = Process::start("text").await;
+    let process = Process::start("text", &["--shutdown-delay", "0s"]).await;
     let mut client = TlsClient::connect(process.addr, &process.ca_pem).await;
-    client
-        .mutate(&review(
-            "uid-text-1",
-            "CREATE",
-            "team-a",
-            &marked_pod(),
-            None,
-        ))
-        .await;
+    client.mutate(&marked_review("uid-text-1")).await;
     let line = process.wait_for_line("uid-text-1").await;
     println!("{line}");
     assert!(serde_json::from_str::<Value>(&line).is_err(), "{line}");
@@ -243,19 +127,14 @@ async fn text_logs_are_one_line_per_admission() {
         assert!(line.contains(field), "{field} missing: {line}");
     }
     let log = process.log_text();
-    for marker in MARKERS {
-        assert!(
-            !log.contains(marker),
-            "the object leaked into the log: {marker}"
-        );
-    }
+    assert_no_marker(&log);
 }
 
 /// A hostile body whose error message would echo a huge value: the log line
 /// (and the 400 answer) stay short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_bodies_do_not_flood_the_log() {
-    let process = Process::start("json").await;
+    let process = Process::start("json", &["--shutdown-delay", "0s"]).await;
     let mut client = TlsClient::connect(process.addr, &process.ca_pem).await;
     let huge = format!("{}{}", MARKERS[0], "x".repeat(512 * 1024));
     let bodies = [
@@ -297,18 +176,6 @@ async fn rejected_bodies_do_not_flood_the_log() {
 
 // ---------------------------------------------------------------- policy file reload
 
-fn write_atomic(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse::<f64>().expect("metric value") as u64)
-}
-
 async fn config_reloads(server: &TestServer) -> (u64, u64) {
     let text = server.metrics().await;
     (
@@ -331,21 +198,6 @@ async fn behaviour(client: &mut TlsClient) -> (Option<i64>, bool) {
         patched["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64(),
         patched["spec"]["dnsConfig"].is_object(),
     )
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

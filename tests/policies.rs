@@ -20,8 +20,7 @@ use calmplane::SKIP_ANNOTATION;
 use calmplane::{LEASE_SCOPE_ANNOTATION, LEASE_SELECTOR_ANNOTATION, ROLLOUTS_ANNOTATION};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use support::pychecks::PyChecks;
 use support::*;
 
 /// The fixed "now" of the in-process cases (2025-12-29T09:20:00Z).
@@ -30,84 +29,6 @@ const NOW: i64 = 1_767_000_000;
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// Patched objects of one test, checked with Python at the end.
-struct PyChecks {
-    dir: tempfile::TempDir,
-    n: usize,
-}
-
-impl PyChecks {
-    fn new() -> PyChecks {
-        PyChecks {
-            dir: tempfile::tempdir().expect("tempdir"),
-            n: 0,
-        }
-    }
-
-    fn add(&mut self, name: &str, orig: &Value, patch: &Value, want: &Value) {
-        let safe: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let base = self.dir.path().join(format!("{:03}-{safe}", self.n));
-        for (ext, v) in [("orig", orig), ("patch", patch), ("want", want)] {
-            let path = PathBuf::from(format!("{}.{ext}.json", base.display()));
-            std::fs::write(&path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-        }
-        self.n += 1;
-    }
-
-    /// Python jsonpatch must reproduce every object, and every object must
-    /// pass `kubernetes-validate --strict` for Kubernetes 1.34.
-    fn run(self) {
-        assert!(self.n > 0, "a test that checks patches recorded none");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_patch.py");
-        let out = Command::new(python())
-            .arg(&script)
-            .arg(self.dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
-        assert!(
-            out.status.success(),
-            "Python jsonpatch disagrees:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        validate_dir(self.dir.path(), self.n);
-    }
-}
-
-/// `kubernetes-validate --strict -k 1.34.0` on every `*.want.json` in `dir`.
-fn validate_dir(dir: &Path, expected: usize) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".want.json"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), expected);
-    let validator = python()
-        .parent()
-        .expect("venv bin dir")
-        .join("kubernetes-validate");
-    let out = Command::new(&validator)
-        .args(["--strict", "-k", "1.34.0"])
-        .args(&files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", validator.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
-    assert_eq!(
-        text.matches(" passed for resource ").count(),
-        expected,
-        "every object must be validated:\n{text}"
-    );
-}
 
 struct Harness {
     pipeline: Pipeline,
@@ -1341,14 +1262,6 @@ async fn mutate_checked(
     (response, patched)
 }
 
-fn warnings(response: &Value) -> Vec<String> {
-    response
-        .get("warnings")
-        .and_then(Value::as_array)
-        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn every_policy_over_tls() {
     let server = TestServer::start().await;
@@ -1382,9 +1295,7 @@ async fn every_policy_over_tls() {
         patched["metadata"]["annotations"][LEASE_SELECTOR_ANNOTATION],
         "metadata.name=a=b"
     );
-    let w = warnings(&response);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].contains("lease"), "{w:?}");
+    one_warning(&response, "lease");
 
     // rollout-history, with the server's real clock
     let now = unix_now();
@@ -1471,9 +1382,7 @@ async fn every_policy_over_tls() {
         patched["spec"]["containers"][0]["lifecycle"]["preStop"],
         json!({"sleep": {"seconds": 5}})
     );
-    let w = warnings(&response);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].contains("terminationGracePeriodSeconds"), "{w:?}");
+    one_warning(&response, "terminationGracePeriodSeconds");
 
     // rollout
     let (response, patched) = mutate_checked(
@@ -1532,9 +1441,7 @@ async fn every_policy_over_tls() {
     .await;
     assert_eq!(response["auditAnnotations"]["policies"], "lease,prestop");
     assert!(patched["spec"].get("dnsConfig").is_none());
-    let w = warnings(&response);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].contains("prestopp"), "{w:?}");
+    one_warning(&response, "prestopp");
 
     py.run();
     assert!(server.stop().await);

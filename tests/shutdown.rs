@@ -12,133 +12,13 @@
 mod support;
 
 use serde_json::json;
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::process::Process;
 use support::*;
 use tokio::io::AsyncWriteExt;
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The calmplane binary, killed on drop if a test fails half-way.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    ca_pem: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    /// Start and wait for /healthz. The ports are picked here and bound by
-    /// the child; another process could take one in between, so a failed
-    /// start is retried with new ports.
-    async fn start(delay: &str, drain: &str) -> Process {
-        for attempt in 1..=5 {
-            let mut process = Process::spawn(delay, drain);
-            if process.wait_healthy().await {
-                return process;
-            }
-            eprintln!("start attempt {attempt} failed: {}", process.log_text());
-        }
-        panic!("calmplane did not start");
-    }
-
-    fn spawn(delay: &str, drain: &str) -> Process {
-        let dir = tempfile::tempdir().unwrap();
-        let certs =
-            calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
-                .unwrap();
-        calmplane::certs::write(dir.path(), &certs).unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.path().join("calmplane.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_calmplane"))
-            .arg("serve")
-            .args(["--listen", &addr.to_string()])
-            .args(["--metrics-listen", &metrics.to_string()])
-            .arg("--cert")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--key")
-            .arg(dir.path().join("tls.key"))
-            .args(["--shutdown-delay", delay, "--drain-timeout", drain])
-            .args(["--log-format", "json"])
-            .env("CALMPLANE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start calmplane");
-        Process {
-            child,
-            addr,
-            ca_pem: certs.ca_pem,
-            log,
-            _dir: dir,
-        }
-    }
-
-    async fn wait_healthy(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Ok(mut c) = TlsClient::try_connect(self.addr, client_config(&self.ca_pem)).await
-            {
-                if let Ok(r) = c
-                    .try_request("GET", "/healthz", "text/plain", Vec::new())
-                    .await
-                {
-                    return r.status == 200;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn sigterm(&self) {
-        // The shell's own `kill`: no dependency on procps or libc.
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Wait for the exit, at most `limit`.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-}
 
 fn pod_review(uid: &str) -> Vec<u8> {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"},
@@ -250,7 +130,11 @@ async fn slow_request(addr: SocketAddr, ca: String, over: Duration) -> Result<u1
 async fn sigterm_fails_readiness_keeps_serving_then_drains_and_exits_zero() {
     const DELAY: Duration = Duration::from_secs(2);
     const DRAIN: Duration = Duration::from_secs(10);
-    let mut process = Process::start("2s", "10s").await;
+    let mut process = Process::start(
+        "json",
+        &["--shutdown-delay", "2s", "--drain-timeout", "10s"],
+    )
+    .await;
     let (addr, ca) = (process.addr, process.ca_pem.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -347,7 +231,11 @@ async fn sigterm_fails_readiness_keeps_serving_then_drains_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_longer_than_the_drain_timeout_does_not_hold_the_exit() {
-    let mut process = Process::start("200ms", "1s").await;
+    let mut process = Process::start(
+        "json",
+        &["--shutdown-delay", "200ms", "--drain-timeout", "1s"],
+    )
+    .await;
     let (addr, ca) = (process.addr, process.ca_pem.clone());
     // Uploads for 6 s: far longer than delay + drain.
     let slow = tokio::spawn(slow_request(addr, ca, Duration::from_secs(6)));

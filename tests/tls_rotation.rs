@@ -17,15 +17,10 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-
-/// How long any reload may take to show. The server polls every 100 ms; this
-/// is generous for two busy CI cores.
-const RELOAD_DEADLINE: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------- PKI
 
@@ -123,14 +118,6 @@ fn mtls_client_config(ca_pem: &str, identity: &Pair) -> Arc<rustls::ClientConfig
 }
 
 // ---------------------------------------------------------------- files
-
-/// Write through a temp file and a rename: the reader sees old or new, never a
-/// mix. Used where a test needs exactly one change per step.
-fn write_atomic(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 /// A Secret volume as the kubelet lays it out:
 ///
@@ -245,32 +232,6 @@ async fn trusting(server: &TestServer, ca_pem: &str) -> Result<u16, String> {
     probe(server, client_config(ca_pem)).await
 }
 
-/// Poll `check` until it is true, failing with `what` after `RELOAD_DEADLINE`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < RELOAD_DEADLINE,
-            "timed out after {RELOAD_DEADLINE:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The value of one series in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse::<f64>().expect("metric value") as u64)
-}
-
 const RELOAD_OK: &str = r#"calmplane_tls_reloads_total{result="success"}"#;
 const RELOAD_ERR: &str = r#"calmplane_tls_reloads_total{result="error"}"#;
 
@@ -325,6 +286,34 @@ async fn start(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> TestS
     .await
 }
 
+/// After `what` rotated the served pair to one from `new_ca`: it is served
+/// within [`EVENTUALLY_DEADLINE`], a client trusting only `old_ca` is
+/// refused, the connection opened before still works, and the reload is
+/// counted as a success (`ok_before` is the count from before).
+async fn assert_rotated(
+    server: &TestServer,
+    open: &mut TlsClient,
+    new_ca: &Ca,
+    old_ca: &Ca,
+    ok_before: u64,
+    what: &str,
+) {
+    let started = Instant::now();
+    eventually("a client trusting only the new CA gets in", || async {
+        trusting(server, &new_ca.pem()).await == Ok(200)
+    })
+    .await;
+    println!(
+        "{what}: new certificate served after {:?}",
+        started.elapsed()
+    );
+    let when = format!("after {what}");
+    assert_serving(server, &new_ca.pem(), &old_ca.pem(), &when).await;
+    assert_open_connection_works(open, &when).await;
+    let (ok_after, _) = reloads(server).await;
+    assert!(ok_after > ok_before, "{what}: success reload not counted");
+}
+
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,25 +335,8 @@ async fn rotation_in_place_serves_the_new_pair_and_keeps_open_connections() {
         let next = server_leaf(new_ca);
         std::fs::write(&cert, &next.cert).unwrap();
         std::fs::write(&key, &next.key).unwrap();
-        let started = Instant::now();
-        eventually("a client trusting only the new CA gets in", || async {
-            trusting(&server, &new_ca.pem()).await == Ok(200)
-        })
-        .await;
-        println!(
-            "in-place rotation {round}: new certificate served after {:?}",
-            started.elapsed()
-        );
-        assert_serving(
-            &server,
-            &new_ca.pem(),
-            &old_ca.pem(),
-            "after in-place rotation",
-        )
-        .await;
-        assert_open_connection_works(&mut open, "after in-place rotation").await;
-        let (ok_after, _) = reloads(&server).await;
-        assert!(ok_after > ok_before, "success reload not counted");
+        let what = format!("in-place rotation {round}");
+        assert_rotated(&server, &mut open, new_ca, old_ca, ok_before, &what).await;
     }
     assert!(server.stop().await);
 }
@@ -398,19 +370,15 @@ async fn rotation_by_data_symlink_swap_serves_the_new_pair_and_keeps_open_connec
             ("tls.crt", &next.cert),
             ("tls.key", &next.key),
         ]);
-        let started = Instant::now();
-        eventually("a client trusting only the new CA gets in", || async {
-            trusting(&server, &new_ca.pem()).await == Ok(200)
-        })
+        assert_rotated(
+            &server,
+            &mut open,
+            new_ca,
+            old_ca,
+            ok_before,
+            "symlink swap",
+        )
         .await;
-        println!(
-            "symlink swap: new certificate served after {:?}",
-            started.elapsed()
-        );
-        assert_serving(&server, &new_ca.pem(), &old_ca.pem(), "after symlink swap").await;
-        assert_open_connection_works(&mut open, "after symlink swap").await;
-        let (ok_after, _) = reloads(&server).await;
-        assert!(ok_after > ok_before, "success reload not counted");
     }
     assert!(server.stop().await);
 }

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use calmplane::certs;
-use calmplane::server::{ServeOptions, Server};
+use calmplane::server::{AppState, ServeOptions, Server};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::pem::PemObject;
@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+pub mod process;
+pub mod pychecks;
 
 /// The repository's `../shared/corpus/upstream` directory.
 pub fn corpus_dir() -> PathBuf {
@@ -34,6 +37,8 @@ pub struct TestServer {
     pub metrics_addr: Option<SocketAddr>,
     pub ca_pem: String,
     pub dir: tempfile::TempDir,
+    /// The server's shared state: tests may swap its pipeline.
+    pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: tokio::task::JoinHandle<bool>,
 }
@@ -58,6 +63,7 @@ impl TestServer {
         let server = Server::bind(opts).await.expect("server binds");
         let addr = server.local_addr();
         let metrics_addr = server.metrics_addr();
+        let state = server.state.clone();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -67,6 +73,7 @@ impl TestServer {
             metrics_addr,
             ca_pem: generated.ca_pem,
             dir,
+            state,
             shutdown: Some(tx),
             handle,
         }
@@ -84,8 +91,13 @@ impl TestServer {
         (&mut self.handle).await.expect("server task")
     }
 
-    /// GET a path on the plaintext metrics port.
+    /// GET /metrics on the plaintext metrics port.
     pub async fn metrics(&self) -> String {
+        self.metrics_get("/metrics").await.1
+    }
+
+    /// GET a path on the plaintext metrics port: (status, body).
+    pub async fn metrics_get(&self, path: &str) -> (u16, String) {
         let addr = self.metrics_addr.expect("metrics port");
         let tcp = TcpStream::connect(addr).await.expect("connect metrics");
         let (mut send, conn) =
@@ -93,13 +105,14 @@ impl TestServer {
                 .await
                 .expect("http handshake");
         tokio::spawn(conn);
-        let req = hyper::Request::get("/metrics")
+        let req = hyper::Request::get(path)
             .header("host", "localhost")
             .body(Full::new(Bytes::new()))
             .unwrap();
         let resp = send.send_request(req).await.expect("metrics response");
+        let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
+        (status, String::from_utf8(body.to_vec()).unwrap())
     }
 }
 
@@ -338,6 +351,28 @@ pub fn decode_response(reply: &Reply) -> (Value, Option<Value>) {
     (response, patch)
 }
 
+/// The `warnings` of an AdmissionResponse; none when absent, and when
+/// present a list of strings.
+pub fn warnings(response: &Value) -> Vec<String> {
+    match response.get("warnings") {
+        None => Vec::new(),
+        Some(w) => w
+            .as_array()
+            .expect("warnings is a list")
+            .iter()
+            .map(|s| s.as_str().expect("warnings are strings").to_string())
+            .collect(),
+    }
+}
+
+/// The only warning of an AdmissionResponse, which must mention `about`.
+pub fn one_warning(response: &Value, about: &str) -> String {
+    let w = warnings(response);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains(about), "{w:?}");
+    w.into_iter().next().unwrap()
+}
+
 /// Apply RFC 6902 `ops` with the json-patch crate.
 pub fn apply_patch(object: &Value, ops: &Value) -> Value {
     let patch: json_patch::Patch = serde_json::from_value(ops.clone()).expect("patch parses");
@@ -353,4 +388,41 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+}
+
+/// How long [`eventually`] waits: any reload (policy file, certificates) must
+/// show within it. The server polls every 100 ms; this is generous for two
+/// busy CI cores.
+pub const EVENTUALLY_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Poll `check` until it is true, failing with `what` after
+/// [`EVENTUALLY_DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < EVENTUALLY_DEADLINE,
+            "timed out after {EVENTUALLY_DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Write through a temp file and a rename: the reader sees old or new, never a
+/// mix. Used where a test needs exactly one change per step.
+pub fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The value of one series in Prometheus text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("metric value") as u64)
 }

@@ -1,0 +1,150 @@
+//! The real `calmplane` binary as a child process: `calmplane serve` on
+//! loopback ports with its own dev certificates, its stderr (the log) in a
+//! file, killed on drop if a test fails half-way.
+#![allow(dead_code)]
+
+use super::{client_config, TlsClient};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The calmplane binary, killed on drop.
+pub struct Process {
+    child: Child,
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Start `calmplane --log-format LOG_FORMAT serve --listen .. --metrics-listen ..
+    /// --cert .. --key .. SERVE_ARGS` at log level info, and wait for
+    /// /healthz. The ports are picked here and bound by the child; another
+    /// process could take one in between, so a failed start is retried with
+    /// new ports.
+    pub async fn start(log_format: &str, serve_args: &[&str]) -> Process {
+        for attempt in 1..=5 {
+            let mut process = Process::spawn(log_format, serve_args);
+            if process.wait_healthy().await {
+                return process;
+            }
+            eprintln!("start attempt {attempt} failed: {}", process.log_text());
+        }
+        panic!("calmplane did not start");
+    }
+
+    fn spawn(log_format: &str, serve_args: &[&str]) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let certs =
+            calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
+                .unwrap();
+        calmplane::certs::write(dir.path(), &certs).unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let log = dir.path().join("calmplane.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_calmplane"))
+            .args(["--log-format", log_format, "serve"])
+            .args(["--listen", &addr.to_string()])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .arg("--cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--key")
+            .arg(dir.path().join("tls.key"))
+            .args(serve_args)
+            .env("CALMPLANE_LOG", "info")
+            .env_remove("CALMPLANE_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start calmplane");
+        Process {
+            child,
+            addr,
+            ca_pem: certs.ca_pem,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Poll /healthz for up to 30 s; false if the child exits first.
+    pub async fn wait_healthy(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(mut c) = TlsClient::try_connect(self.addr, client_config(&self.ca_pem)).await
+            {
+                if let Ok(r) = c
+                    .try_request("GET", "/healthz", "text/plain", Vec::new())
+                    .await
+                {
+                    return r.status == 200;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines are written by a background writer: poll for the one wanted.
+    pub async fn wait_for_line(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no log line with {needle:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn sigterm(&self) {
+        // The shell's own `kill`: no dependency on procps or libc.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Wait for the exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
