@@ -189,19 +189,29 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// The Pod a workload's controller would create from its pod template
+/// (metadata and spec only; the controller adds a generated name).
+/// `None` for kinds without a pod template.
+pub fn pod_from_template(workload: &Value) -> Option<Value> {
+    let template = lookup(workload, template_path(str_at(workload, &["kind"])?)?)?;
+    if !template.is_object() {
+        return None;
+    }
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").filter(|m| m.is_object()).cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
+    }))
+}
+
 /// The Pod that the workload's controller would create, previewed as a Pod CREATE.
 fn template_preview(
     pipeline: &Pipeline,
     workload: &Value,
     namespace: Option<&str>,
 ) -> Option<Box<Preview>> {
-    let template = lookup(workload, template_path(str_at(workload, &["kind"])?)?)?;
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": template.get("metadata").filter(|m| m.is_object()).cloned().unwrap_or_else(|| json!({})),
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
-    });
+    let pod = pod_from_template(workload)?;
     let req = Request {
         kind: Kind::Pod,
         operation: Operation::Create,

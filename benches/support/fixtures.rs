@@ -76,21 +76,13 @@ fn yaml_doc(file: &str, kind: &str, name: &str) -> Value {
 
 /// The Pod the ReplicaSet controller would create from a Deployment's template.
 pub fn pod_from_template(deployment: &Value, namespace: &str) -> Value {
-    let template = &deployment["spec"]["template"];
-    let mut metadata = template["metadata"].clone();
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
+    let mut pod =
+        calmplane::preview::pod_from_template(deployment).expect("a Deployment has a template");
     let name = deployment["metadata"]["name"].as_str().unwrap_or("app");
-    metadata["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
-    metadata["generateName"] = json!(format!("{name}-7d9f8b6c5-"));
-    metadata["namespace"] = json!(namespace);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": template["spec"].clone(),
-    })
+    pod["metadata"]["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
+    pod["metadata"]["generateName"] = json!(format!("{name}-7d9f8b6c5-"));
+    pod["metadata"]["namespace"] = json!(namespace);
+    pod
 }
 
 fn gvk(object: &Value) -> (String, String, String) {

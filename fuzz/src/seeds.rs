@@ -108,20 +108,6 @@ pub fn review(uid: &str, operation: &str, object: &Value, old: Option<&Value>) -
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
 }
 
-fn template(object: &Value) -> Option<&Value> {
-    let t = match object["kind"].as_str()? {
-        "CronJob" => &object["spec"]["jobTemplate"]["spec"]["template"],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => &object["spec"]["template"],
-        _ => return None,
-    };
-    t.is_object().then_some(t)
-}
-
 fn reviews(object: &Value) -> Vec<(&'static str, Value)> {
     let mut out = vec![("create", review("seed-create", "CREATE", object, None))];
     if object["kind"] == "Deployment" {
@@ -132,20 +118,9 @@ fn reviews(object: &Value) -> Vec<(&'static str, Value)> {
             review("seed-update", "UPDATE", object, Some(&old)),
         ));
     }
-    if let Some(t) = template(object) {
-        let mut metadata = t
-            .get("metadata")
-            .cloned()
-            .filter(Value::is_object)
-            .unwrap_or(json!({}));
+    if let Some(mut pod) = calmplane::preview::pod_from_template(object) {
         let name = object["metadata"]["name"].as_str().unwrap_or("workload");
-        metadata["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": metadata,
-            "spec": t.get("spec").cloned().unwrap_or(json!({})),
-        });
+        pod["metadata"]["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
         out.push(("pod", review("seed-pod", "CREATE", &pod, None)));
     }
     out

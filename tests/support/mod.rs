@@ -294,34 +294,13 @@ pub fn review(
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
 }
 
-/// The Pod a workload's controller would create from its template.
+/// The Pod a workload's controller would create from its template, with the
+/// generated name a ReplicaSet would give it.
 pub fn pod_from_template(workload: &Value) -> Option<Value> {
-    let template = match workload["kind"].as_str()? {
-        "CronJob" => &workload["spec"]["jobTemplate"]["spec"]["template"],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => &workload["spec"]["template"],
-        _ => return None,
-    };
-    if !template.is_object() {
-        return None;
-    }
-    let mut metadata = template
-        .get("metadata")
-        .cloned()
-        .filter(Value::is_object)
-        .unwrap_or(json!({}));
+    let mut pod = calmplane::preview::pod_from_template(workload)?;
     let name = workload["metadata"]["name"].as_str().unwrap_or("workload");
-    metadata["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
-    Some(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or(json!({})),
-    }))
+    pod["metadata"]["name"] = json!(format!("{name}-7d9f8b6c5-x2x4q"));
+    Some(pod)
 }
 
 /// Decode a /mutate response: (allowed, patch ops or None, the response object).
