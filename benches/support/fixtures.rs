@@ -14,6 +14,11 @@
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
+
+// The same AdmissionReview builder the integration tests use.
+#[path = "../../tests/support/review.rs"]
+mod review;
+pub use review::review;
 use std::path::PathBuf;
 
 pub const SMALL_POD: &str = "small-pod";
@@ -83,50 +88,6 @@ pub fn pod_from_template(deployment: &Value, namespace: &str) -> Value {
     pod["metadata"]["generateName"] = json!(format!("{name}-7d9f8b6c5-"));
     pod["metadata"]["namespace"] = json!(namespace);
     pod
-}
-
-fn gvk(object: &Value) -> (String, String, String) {
-    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let kind = object["kind"].as_str().unwrap_or("").to_string();
-    (group.to_string(), version.to_string(), kind)
-}
-
-/// An AdmissionReview v1 request as the apiserver sends it.
-pub fn review(
-    uid: &str,
-    operation: &str,
-    namespace: &str,
-    object: &Value,
-    old: Option<&Value>,
-) -> Value {
-    let (group, version, kind) = gvk(object);
-    let resource = format!("{}s", kind.to_lowercase());
-    let mut request = json!({
-        "uid": uid,
-        "kind": {"group": group, "version": version, "kind": kind},
-        "resource": {"group": group, "version": version, "resource": resource},
-        "requestKind": {"group": group, "version": version, "kind": kind},
-        "requestResource": {"group": group, "version": version, "resource": resource},
-        "name": object["metadata"]["name"].as_str().unwrap_or(""),
-        "namespace": namespace,
-        "operation": operation,
-        "userInfo": {
-            "username": "system:serviceaccount:kube-system:replicaset-controller",
-            "uid": "4b2b0d4e-3f6e-4a8e-9a59-6a2f3f2b8a11",
-            "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
-        },
-        "object": object,
-        "dryRun": false,
-        "options": {
-            "apiVersion": "meta.k8s.io/v1",
-            "kind": if operation == "UPDATE" { "UpdateOptions" } else { "CreateOptions" }
-        },
-    });
-    if let Some(old) = old {
-        request["oldObject"] = old.clone();
-    }
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
 }
 
 fn small_pod() -> Value {

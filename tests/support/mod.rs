@@ -21,6 +21,9 @@ use tokio::sync::oneshot;
 
 pub mod process;
 pub mod pychecks;
+pub mod review;
+
+pub use review::review;
 
 /// The repository's `../shared/corpus/upstream` directory.
 pub fn corpus_dir() -> PathBuf {
@@ -247,51 +250,6 @@ impl TlsClient {
     ) -> Reply {
         self.request("POST", path, content_type, body).await
     }
-}
-
-/// `group/version` split of an object's apiVersion.
-pub fn gvk_of(object: &Value) -> (String, String, String) {
-    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    (
-        group.to_string(),
-        version.to_string(),
-        object["kind"].as_str().unwrap_or("").to_string(),
-    )
-}
-
-fn resource_of(kind: &str) -> String {
-    format!("{}s", kind.to_lowercase())
-}
-
-/// An AdmissionReview v1 request for `object`.
-pub fn review(
-    uid: &str,
-    operation: &str,
-    namespace: &str,
-    object: &Value,
-    old: Option<&Value>,
-) -> Value {
-    let (group, version, kind) = gvk_of(object);
-    let mut request = json!({
-        "uid": uid,
-        "kind": {"group": group, "version": version, "kind": kind},
-        "resource": {"group": group, "version": version, "resource": resource_of(&kind)},
-        "requestKind": {"group": group, "version": version, "kind": kind},
-        "requestResource": {"group": group, "version": version, "resource": resource_of(&kind)},
-        "name": object["metadata"]["name"].as_str().unwrap_or(""),
-        "namespace": namespace,
-        "operation": operation,
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "groups": ["system:serviceaccounts"]},
-        "object": object,
-        "oldObject": old.cloned().unwrap_or(Value::Null),
-        "dryRun": false,
-        "options": {"apiVersion": "meta.k8s.io/v1", "kind": if operation == "UPDATE" { "UpdateOptions" } else { "CreateOptions" }},
-    });
-    if old.is_none() {
-        request.as_object_mut().unwrap().remove("oldObject");
-    }
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
 }
 
 /// The Pod a workload's controller would create from its template, with the
