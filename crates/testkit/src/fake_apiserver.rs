@@ -151,6 +151,8 @@ pub struct RequestCounts {
     /// Watch requests answered 200 (a 410 watch counts here too: it is a
     /// 200 with an ERROR event, as on the real apiserver).
     pub watches: u64,
+    /// List requests received, answered or held by [`FakeApiServer::hold_lists`].
+    pub lists_received: u64,
     /// Requests refused for a missing or wrong bearer token.
     pub unauthorized: u64,
 }
@@ -162,6 +164,8 @@ struct Shared {
     requests: Mutex<RequestCounts>,
     /// Flips to true on drop: open watch streams end.
     closing: watch::Sender<bool>,
+    /// While true, list requests wait (to observe a client before its first list).
+    hold_lists: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -277,6 +281,7 @@ impl FakeApiServer {
             token: format!("fake-token-{}", addr.port()),
             requests: Mutex::new(RequestCounts::default()),
             closing: watch::channel(false).0,
+            hold_lists: watch::channel(false).0,
         });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
@@ -335,6 +340,12 @@ impl FakeApiServer {
         let path = dir.join("kubeconfig");
         std::fs::write(&path, self.kubeconfig())?;
         Ok(path)
+    }
+
+    /// While `hold` is true, list requests are accepted but not answered, so
+    /// a test can look at a client that has not finished its first list.
+    pub fn hold_lists(&self, hold: bool) {
+        self.shared.hold_lists.send_replace(hold);
     }
 
     /// Requests served so far.
@@ -609,7 +620,7 @@ async fn core_all(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Response {
-    serve(s, format!("api/{version}"), plural, None, headers, q)
+    serve(s, format!("api/{version}"), plural, None, headers, q).await
 }
 
 async fn core_namespaced(
@@ -618,7 +629,7 @@ async fn core_namespaced(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Response {
-    serve(s, format!("api/{version}"), plural, Some(ns), headers, q)
+    serve(s, format!("api/{version}"), plural, Some(ns), headers, q).await
 }
 
 async fn group_all(
@@ -635,6 +646,7 @@ async fn group_all(
         headers,
         q,
     )
+    .await
 }
 
 async fn group_namespaced(
@@ -651,6 +663,7 @@ async fn group_namespaced(
         headers,
         q,
     )
+    .await
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -674,7 +687,7 @@ fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn serve(
+async fn serve(
     shared: Arc<Shared>,
     prefix: String,
     plural: String,
@@ -705,6 +718,10 @@ fn serve(
         shared.count(|c| c.watches += 1);
         watch(shared, scope, &query)
     } else {
+        shared.count(|c| c.lists_received += 1);
+        let mut held = shared.hold_lists.subscribe();
+        // Only fails when the server is gone, and then nobody waits.
+        let _ = held.wait_for(|hold| !hold).await;
         shared.count(|c| c.lists += 1);
         list(&shared, &scope)
     }
