@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export CALMPLANE_PYTHON := $(abspath $(PY))
 
-.PHONY: run test venv certs build release lint fmt clean bench bench-gate bench-baseline bench-measure load
+.PHONY: run test prometheus-tools venv certs build release lint fmt clean bench bench-gate bench-baseline bench-measure load
 
 run: certs/tls.crt
 	$(CARGO) run --release -- serve --log-format text
@@ -28,8 +28,13 @@ $(VENV)/.installed: requirements-test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-test: venv
+# promtool and prometheus (Debian's `prometheus` package) for tests/monitoring.rs.
+# The tests run the binaries on their own ports and never use the package's service.
+test: venv prometheus-tools
 	$(CARGO) test
+
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 
 lint:
 	$(CARGO) fmt --check
