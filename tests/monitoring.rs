@@ -923,6 +923,7 @@ async fn a_real_prometheus_sees_the_slo_and_the_scripted_write_rate() {
                 .unwrap();
             assert_eq!(p99[0].1, largest, "{last}");
             let rate = rate[0].1;
+            eprintln!("after {:?}: {last}", started.elapsed());
             assert!(
                 (rate - scripted_rate).abs() <= 0.1 * scripted_rate,
                 "write rate {rate}/s, scripted {scripted_rate}/s"

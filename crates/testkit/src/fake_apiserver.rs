@@ -6,8 +6,10 @@
 //! namespaces or one), the way the apiserver does:
 //!
 //! * every write gets the next `resourceVersion`; lists carry the current one;
-//! * `?watch=true&resourceVersion=N` replays the events after `N`, then streams
-//!   live `ADDED`, `MODIFIED` and `DELETED` events, one JSON object per line;
+//! * `?watch=true&resourceVersion=N` replays the events after `N` (without
+//!   `N`, or with `0`, the current objects as `ADDED`), then streams live
+//!   `ADDED`, `MODIFIED` and `DELETED` events, one JSON object per line, until
+//!   `timeoutSeconds`;
 //! * [`FakeApiServer::bookmark`] sends a `BOOKMARK` to open watches that asked
 //!   for them (`allowWatchBookmarks=true`);
 //! * [`FakeApiServer::expire_history`] sends an `ERROR` event with a 410
@@ -783,6 +785,11 @@ fn gone_event(since: u64, oldest: u64) -> Bytes {
 }
 
 fn watch(shared: Arc<Shared>, scope: Scope, query: &HashMap<String, String>) -> Response {
+    // Without a resourceVersion (or with "0"), the apiserver starts from its
+    // current state, sent as synthetic ADDED events.
+    let from_state = query
+        .get("resourceVersion")
+        .is_none_or(|v| v.is_empty() || v == "0");
     let since: u64 = query
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -807,11 +814,17 @@ fn watch(shared: Arc<Shared>, scope: Scope, query: &HashMap<String, String>) -> 
             .get(&scope.collection)
             .cloned()
             .unwrap_or_else(|| ("v1".to_string(), "Unknown".to_string()));
-        if since < store.oldest_rv {
+        if from_state {
+            for ((collection, ns, _), object) in &store.objects {
+                if scope.matches(collection, ns, object) {
+                    backlog.push(line(&json!({"type": "ADDED", "object": object})));
+                }
+            }
+        } else if since < store.oldest_rv {
             let body = gone_event(since, store.oldest_rv);
             return watch_response(Body::from(body));
         }
-        for change in store.history.iter().filter(|c| c.rv > since) {
+        for change in store.history.iter().filter(|c| !from_state && c.rv > since) {
             if scope.matches(&change.collection, &change.namespace, &change.object) {
                 backlog.push(event_line(change));
             }
