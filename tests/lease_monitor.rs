@@ -297,3 +297,22 @@ async fn a_410_forces_a_relist_that_counts_no_lease_twice() {
     assert_eq!(writes(&m, "team"), 7.0, "{}", m.text);
     assert_eq!(m.get(RESTARTS, &[]), Some(1.0), "one 410, one restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_restricts_the_watch_to_one_namespace() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.create_lease("mine", "l1", "pod-1", 15).unwrap();
+    server.create_lease("theirs", "l2", "pod-2", 15).unwrap();
+    let monitor = Monitor::start(&server, &["--namespace", "mine"]).await;
+    monitor.wait_ready().await;
+    server.renew_lease("mine", "l1").unwrap();
+    server.renew_lease("theirs", "l2").unwrap();
+    server.create_lease("theirs", "l3", "pod-3", 15).unwrap();
+    monitor
+        .wait_for("the renewal in mine", WAIT, |m| writes(m, "mine") >= 1.0)
+        .await;
+    let m = settled(&monitor).await;
+    assert_eq!(writes(&m, "mine"), 1.0, "{}", m.text);
+    assert_eq!(m.ns(LEASES, "mine"), Some(1.0));
+    assert!(!m.text.contains("namespace=\"theirs\""), "{}", m.text);
+}
