@@ -316,3 +316,35 @@ async fn namespace_restricts_the_watch_to_one_namespace() {
     assert_eq!(m.ns(LEASES, "mine"), Some(1.0));
     assert!(!m.text.contains("namespace=\"theirs\""), "{}", m.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_watch_resumes_from_its_resource_version_without_a_relist() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.create_lease("team", "l1", "pod-1", 15).unwrap();
+    let monitor = Monitor::start(&server, &[]).await;
+    monitor.wait_ready().await;
+    assert!(eventually(WAIT, || async { server.requests().watches >= 1 }).await);
+    server.renew_lease("team", "l1").unwrap();
+    monitor
+        .wait_for("the first renewal", WAIT, |m| writes(m, "team") >= 1.0)
+        .await;
+    // As at the apiserver's watch timeout: the stream simply ends. Changes
+    // made before the watcher is back must arrive once, from the history.
+    server.close_watches();
+    server.renew_lease("team", "l1").unwrap();
+    server.create_lease("team", "l2", "pod-2", 15).unwrap();
+    assert!(
+        eventually(WAIT, || async { server.requests().watches >= 2 }).await,
+        "no new watch; log:\n{}",
+        monitor.log_text()
+    );
+    monitor
+        .wait_for("the changes made while it reconnected", WAIT, |m| {
+            writes(m, "team") >= 3.0
+        })
+        .await;
+    let m = settled(&monitor).await;
+    assert_eq!(writes(&m, "team"), 3.0, "{}", m.text);
+    assert_eq!(server.requests().lists, 1, "a closed watch is not a relist");
+    assert_eq!(m.get(RESTARTS, &[]), Some(0.0), "nor a restart");
+}

@@ -12,6 +12,8 @@
 //!   `timeoutSeconds`;
 //! * [`FakeApiServer::bookmark`] sends a `BOOKMARK` to open watches that asked
 //!   for them (`allowWatchBookmarks=true`);
+//! * [`FakeApiServer::close_watches`] ends open watches cleanly (a watch
+//!   timeout), so clients must watch again from their last resourceVersion;
 //! * [`FakeApiServer::expire_history`] sends an `ERROR` event with a 410
 //!   `Expired` Status to open watches and forgets the history, so a client
 //!   watching from an older resourceVersion must relist, as after an etcd
@@ -131,6 +133,7 @@ enum Broadcast {
     Change(Arc<Change>),
     Bookmark(u64),
     Gone(u64),
+    Close,
 }
 
 #[derive(Default)]
@@ -461,6 +464,13 @@ impl FakeApiServer {
     pub fn bookmark(&self) {
         let rv = self.shared.store().rv;
         let _ = self.shared.events.send(Broadcast::Bookmark(rv));
+    }
+
+    /// End every open watch normally, as the apiserver does at
+    /// `timeoutSeconds` or a load balancer at its idle timeout. Clients
+    /// watch again from the last resourceVersion they saw, without a relist.
+    pub fn close_watches(&self) {
+        let _ = self.shared.events.send(Broadcast::Close);
     }
 
     /// Compact: forget the history, end every open watch with a 410 `Expired`
@@ -899,6 +909,7 @@ impl WatchStream {
                         })));
                     }
                 }
+                Ok(Broadcast::Close) => return None,
                 Ok(Broadcast::Gone(oldest)) => {
                     self.done = true;
                     return Some(gone_event(self.since, oldest));
