@@ -1,18 +1,19 @@
 //! `/metrics`, `/healthz` and `/readyz` on the monitor's plaintext port.
 
-use super::metrics::LeaseMetrics;
+use super::state::LeaseState;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// Rendered on `/metrics`.
-    pub metrics: LeaseMetrics,
+    /// Rendered on `/metrics` under its lock, so that a scrape never falls
+    /// in the middle of a sample (buckets and counts stay consistent).
+    pub state: Arc<Mutex<LeaseState>>,
     /// Set after the first complete Lease list; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
 }
@@ -26,7 +27,7 @@ pub fn router(state: HttpState) -> Router {
                 |axum::extract::State(s): axum::extract::State<HttpState>| async move {
                     (
                         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        s.metrics.render(),
+                        super::lock(&s.state).render(),
                     )
                 },
             ),

@@ -106,8 +106,9 @@ pub async fn run(
             addr: args.metrics_listen,
             source,
         })?;
+    let state = Arc::new(Mutex::new(LeaseState::new(metrics)));
     let app = http::router(http::HttpState {
-        metrics: metrics.clone(),
+        state: state.clone(),
         ready: ready.clone(),
     });
     let addr = args.metrics_listen;
@@ -132,7 +133,6 @@ pub async fn run(
         metrics = %args.metrics_listen,
         "watching leases"
     );
-    let state = Arc::new(Mutex::new(LeaseState::new(metrics)));
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     let mut ticker = tokio::time::interval(args.sample_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -171,7 +171,7 @@ pub async fn run(
 
 /// The state lock; a panic while holding it would have left counts
 /// half-applied, which is still better than no metrics at all.
-fn lock(state: &Mutex<LeaseState>) -> std::sync::MutexGuard<'_, LeaseState> {
+pub(crate) fn lock(state: &Mutex<LeaseState>) -> std::sync::MutexGuard<'_, LeaseState> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

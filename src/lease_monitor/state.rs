@@ -120,6 +120,11 @@ impl LeaseState {
         self.listed
     }
 
+    /// The metrics in the text exposition format.
+    pub fn render(&self) -> String {
+        self.metrics.render()
+    }
+
     /// Leases currently known.
     pub fn lease_count(&self) -> usize {
         self.namespaces.values().map(|n| n.leases.len()).sum()
