@@ -25,22 +25,42 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Why a policy file was refused. Each names the file, and the key when one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not UTF-8: YAML must be, and a lossy decode would change
+    /// what the file says.
+    #[error("policy file {path} is not UTF-8: {source}")]
+    NotUtf8 {
+        /// The file.
+        path: String,
+        /// Where the first invalid byte is.
+        source: std::str::Utf8Error,
+    },
+    /// The YAML does not parse, or has a key or value the schema refuses.
     #[error("policy file {path}: {source}")]
     Parse {
+        /// The file.
         path: String,
-        source: serde_yaml::Error,
+        /// The parser's message, with line and column.
+        source: crate::yaml::Error,
     },
+    /// A value is out of range.
     #[error("policy file {path}: {key}: {message}")]
     Invalid {
+        /// The file.
         path: String,
+        /// The key, in the file's own spelling.
         key: &'static str,
+        /// What is wrong and what is allowed.
         message: String,
     },
 }
@@ -167,13 +187,33 @@ impl Default for RolloutConfig {
 }
 
 impl Config {
+    /// The policy file at `path`, or the built-in defaults without one. The
+    /// server's start, its hot reload and `calmplane preview` all load the
+    /// file through here and [`Config::from_bytes`], so they decode it alike.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Read and parse the policy file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Config::from_yaml(&text, &shown)
+        Config::from_bytes(&bytes, &shown)
+    }
+
+    /// Parse and validate the bytes of a policy file; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|source| ConfigError::NotUtf8 {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::from_yaml(text, path)
     }
 
     /// Parse and validate. An empty file means "all defaults".
@@ -181,7 +221,7 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str::<Option<Config>>(text)
+            crate::yaml::from_str::<Option<Config>>(text)
                 .map_err(|source| ConfigError::Parse {
                     path: path.to_string(),
                     source,

@@ -80,26 +80,12 @@ pub struct Request<'a> {
 }
 
 impl Pipeline {
+    /// The policies the policy file enables, in [`policy::ALL`] order.
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
-        use crate::policy::{dns, lease, prestop, rollout, rollout_history};
-        let mut policies: Vec<Box<dyn Policy>> = Vec::new();
-        if config.lease.enabled {
-            policies.push(Box::new(lease::Lease::new(config.lease.clone())));
-        }
-        if config.rollout_history.enabled {
-            policies.push(Box::new(rollout_history::RolloutHistory::new(
-                config.rollout_history.clone(),
-            )));
-        }
-        if config.dns.enabled {
-            policies.push(Box::new(dns::Dns::new(config.dns.clone())));
-        }
-        if config.prestop.enabled {
-            policies.push(Box::new(prestop::Prestop::new(config.prestop.clone())));
-        }
-        if config.rollout.enabled {
-            policies.push(Box::new(rollout::Rollout::new(config.rollout.clone())));
-        }
+        let policies = policy::ALL
+            .iter()
+            .filter_map(|entry| (entry.build)(config))
+            .collect();
         Pipeline { policies, clock }
     }
 

@@ -24,9 +24,9 @@ pub enum PreviewError {
     #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
     #[error("invalid YAML: {0}")]
-    Yaml(serde_yaml::Error),
-    #[error("YAML document {doc}: {message}")]
-    YamlShape { doc: usize, message: String },
+    Yaml(crate::yaml::Error),
+    #[error("body is not UTF-8: {0}")]
+    NotUtf8(std::str::Utf8Error),
     #[error("line {line}: {token} is a YAML 1.1 octal number (kubectl reads {decimal}), but YAML 1.2 reads the string \"{token}\"; write 0o{digits} or {decimal} to say which you mean")]
     LegacyOctal {
         line: usize,
@@ -85,8 +85,7 @@ pub fn preview(
             return Err(PreviewError::NotAnObject(i + 1));
         }
         if str_at(&doc, &["kind"]) == Some("AdmissionReview") {
-            let bytes = serde_json::to_vec(&doc).map_err(PreviewError::Json)?;
-            items.push(preview_review(pipeline, &bytes)?);
+            items.push(preview_review(pipeline, doc)?);
         } else if let Some(list_items) = list_items(&doc) {
             for item in list_items {
                 items.push(preview_object(pipeline, item.clone(), namespace));
@@ -110,18 +109,17 @@ fn list_items(doc: &Value) -> Option<&Vec<Value>> {
     doc.get("items").and_then(Value::as_array)
 }
 
-fn preview_review(pipeline: &Pipeline, body: &[u8]) -> Result<Preview, PreviewError> {
-    let request = review::parse(body)?;
+fn preview_review(pipeline: &Pipeline, doc: Value) -> Result<Preview, PreviewError> {
+    let request = review::from_value(doc)?;
     let namespace = request.namespace.clone();
-    let operation = review::operation_label(&request.operation);
-    let (summary, _, outcome) = review::admit(pipeline, request);
+    let review::Admission { summary, outcome } = review::admit(pipeline, request);
     let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
         format!(
             "calmplane does not mutate {} {}",
             summary.operation, summary.kind
         )
     });
-    let mut preview = finish(summary.kind, operation, skipped, outcome);
+    let mut preview = finish(summary.kind, summary.operation, skipped, outcome);
     if preview.namespace.is_none() {
         preview.namespace = namespace.filter(|ns| !ns.is_empty());
     }
@@ -240,25 +238,12 @@ pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
         }
         Some(_) => {}
     }
-    let text = std::str::from_utf8(body).map_err(|e| PreviewError::YamlShape {
-        doc: 1,
-        message: format!("body is not UTF-8: {e}"),
-    })?;
-    let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        // Through serde_yaml::Value first: it rejects duplicate keys, where
-        // deserialising straight into serde_json::Value keeps the last one.
-        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de)
-            .map_err(PreviewError::Yaml)?;
-        if yaml.is_null() {
-            continue;
-        }
-        let json = serde_json::to_value(&yaml).map_err(|e| PreviewError::YamlShape {
-            doc: i + 1,
-            message: e.to_string(),
-        })?;
-        docs.push(json);
-    }
+    let text = std::str::from_utf8(body).map_err(PreviewError::NotUtf8)?;
+    let docs: Vec<Value> = crate::yaml::documents(text)
+        .map_err(PreviewError::Yaml)?
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect();
     if docs.is_empty() {
         return Err(PreviewError::Empty);
     }
@@ -266,7 +251,7 @@ pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
     Ok(docs)
 }
 
-/// YAML 1.1 (kubectl) reads a plain `0640` as octal 416; YAML 1.2 (serde_yaml)
+/// YAML 1.1 (kubectl) reads a plain `0640` as octal 416; YAML 1.2 (`crate::yaml`)
 /// reads it as the string "0640". Either silent choice would mislead, so a
 /// plain scalar of that shape that came out as a string is a clear error.
 fn check_legacy_octal(text: &str, docs: &[Value]) -> Result<(), PreviewError> {

@@ -142,12 +142,30 @@ pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
     let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ReviewError::NotJson(e)
-        } else if looks_like_bare_request(body) {
+        } else if serde_json::from_slice::<Value>(body).is_ok_and(|v| is_bare_request(&v)) {
             ReviewError::BareRequest
         } else {
             ReviewError::Invalid(e)
         }
     })?;
+    check(review)
+}
+
+/// Parse an AdmissionReview that is already a JSON value (one document of a
+/// `calmplane preview` input), without writing it out as bytes again.
+pub fn from_value(review: Value) -> Result<RequestIn, ReviewError> {
+    let bare = is_bare_request(&review);
+    let review: ReviewIn = serde_json::from_value(review).map_err(|e| {
+        if bare {
+            ReviewError::BareRequest
+        } else {
+            ReviewError::Invalid(e)
+        }
+    })?;
+    check(review)
+}
+
+fn check(review: ReviewIn) -> Result<RequestIn, ReviewError> {
     match review.api_version.as_deref() {
         Some(API_VERSION) => {}
         other => {
@@ -169,16 +187,32 @@ pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
 
 /// An AdmissionRequest sent without its AdmissionReview envelope (test
 /// fixtures often are). Only consulted on the error path.
-fn looks_like_bare_request(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|v| {
-        v.get("request").is_none()
-            && v.get("operation").is_some()
-            && v.get("kind").is_some_and(Value::is_object)
-    })
+fn is_bare_request(v: &Value) -> bool {
+    v.get("request").is_none()
+        && v.get("operation").is_some()
+        && v.get("kind").is_some_and(Value::is_object)
+}
+
+/// What admitting one request produced: what to count and log, and what the
+/// pipeline did. The server answers with [`Admission::response_body`];
+/// preview shows the outcome itself.
+#[derive(Debug)]
+pub struct Admission {
+    /// For metrics and the log line.
+    pub summary: Summary,
+    /// The patched object, the patch, the change notes and warnings.
+    pub outcome: Outcome,
+}
+
+impl Admission {
+    /// The AdmissionReview v1 response for this admission.
+    pub fn response_body(&self) -> String {
+        response_body(&self.summary.uid, &self.outcome)
+    }
 }
 
 /// Run the pipeline for one parsed request.
-pub fn admit(pipeline: &Pipeline, request: RequestIn) -> (Summary, String, Outcome) {
+pub fn admit(pipeline: &Pipeline, request: RequestIn) -> Admission {
     let RequestIn {
         uid,
         kind: gvk,
@@ -220,8 +254,7 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn) -> (Summary, String, Outco
         }
         (_, object, _) => Outcome::unchanged(object.unwrap_or(Value::Null)),
     };
-    let body = response_body(&summary.uid, &outcome);
-    (summary, body, outcome)
+    Admission { summary, outcome }
 }
 
 #[derive(Serialize)]
@@ -250,8 +283,11 @@ struct ResponseOut<'a> {
 /// The AdmissionReview v1 response. `allowed` is always true: calmplane only
 /// defaults, it never denies.
 pub fn response_body(uid: &str, outcome: &Outcome) -> String {
+    // Serialising JSON values and strings cannot fail (no maps with
+    // non-string keys, no failing Serialize impls), so an empty fallback is
+    // never taken; it only keeps a panic off the request path.
     let patch = (!outcome.patch.is_empty()).then(|| {
-        let json = serde_json::to_vec(&outcome.patch).expect("patch operations serialise");
+        let json = serde_json::to_vec(&outcome.patch).unwrap_or_default();
         base64::engine::general_purpose::STANDARD.encode(json)
     });
     let mut audit_annotations = BTreeMap::new();
@@ -270,5 +306,5 @@ pub fn response_body(uid: &str, outcome: &Outcome) -> String {
             warnings: &outcome.warnings,
         },
     };
-    serde_json::to_string(&review).expect("response serialises")
+    serde_json::to_string(&review).unwrap_or_default()
 }

@@ -14,7 +14,7 @@
 
 use super::{is_windows, Context, Kind, Policy};
 use crate::config::DnsConfig;
-use crate::patch::{lookup, Mutation};
+use crate::patch::{lookup, Edit, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
@@ -41,6 +41,13 @@ impl Dns {
                 .to_string(),
         }
     }
+}
+
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.dns;
+    cfg.enabled
+        .then(|| Box::new(Dns::new(cfg.clone())) as Box<dyn Policy>)
 }
 
 impl Policy for Dns {
@@ -96,7 +103,7 @@ impl Policy for Dns {
         if let Some(i) = replace_ndots {
             let index = i.to_string();
             let was = ndots_value.unwrap_or(Value::Null);
-            let _ = m.set(
+            m.set(
                 &["spec", "dnsConfig", "options", &index, "value"],
                 Value::String(self.ndots.clone()),
                 format!("ndots {was} -> {} (override: true)", self.ndots),
@@ -112,12 +119,12 @@ impl Policy for Dns {
                 .map(|o| self.message(o))
                 .collect::<Vec<_>>()
                 .join("; ");
-            let _ = m.set(&options_path, Value::Array(append), text);
+            m.set(&options_path, Value::Array(append), text);
             return;
         }
         for option in append {
             let text = self.message(&option);
-            if m.append(&options_path, option, text).is_err() {
+            if m.append(&options_path, option, text) == Edit::Refused {
                 return;
             }
         }

@@ -34,6 +34,13 @@ impl Lease {
     }
 }
 
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.lease;
+    cfg.enabled
+        .then(|| Box::new(Lease::new(cfg.clone())) as Box<dyn Policy>)
+}
+
 /// One selector found in the pod: where it is, the text, and how to write it back.
 struct Found {
     path: Vec<String>,
@@ -82,7 +89,7 @@ impl Policy for Lease {
             };
             let message = format!("lease selector {:?} -> {new:?} ({why})", f.selector);
             let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
-            let _ = m.set(&path, Value::String(format!("{}{new}", f.prefix)), message);
+            m.set(&path, Value::String(format!("{}{new}", f.prefix)), message);
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | `rollout`         | Deployment | CREATE, UPDATE  |
 //! | `rollout-history` | Deployment | UPDATE          |
 
+use crate::config::Config;
 use crate::patch::Mutation;
 use kube::core::admission::Operation;
 use serde_json::Value;
@@ -81,14 +82,50 @@ pub trait Policy: Send + Sync {
     fn apply(&self, ctx: &Context<'_>, m: &mut Mutation);
 }
 
-/// The names of every policy, in pipeline order.
-pub const NAMES: [&str; 5] = [
-    lease::NAME,
-    rollout_history::NAME,
-    dns::NAME,
-    prestop::NAME,
-    rollout::NAME,
+/// One entry of the policy list: a name and how the policy file builds it.
+pub struct Entry {
+    /// The policy's name ([`Policy::name`]), known without building it, for
+    /// `calmplane.dev/skip` checks and reports.
+    pub name: &'static str,
+    /// The policy as the policy file configures it; `None` when it is disabled.
+    pub build: fn(&Config) -> Option<Box<dyn Policy>>,
+}
+
+/// Every policy, in pipeline order. This is the one list: the pipeline, the
+/// skip annotation's names and the reports all read it.
+pub const ALL: [Entry; 5] = [
+    Entry {
+        name: lease::NAME,
+        build: lease::build,
+    },
+    Entry {
+        name: rollout_history::NAME,
+        build: rollout_history::build,
+    },
+    Entry {
+        name: dns::NAME,
+        build: dns::build,
+    },
+    Entry {
+        name: prestop::NAME,
+        build: prestop::build,
+    },
+    Entry {
+        name: rollout::NAME,
+        build: rollout::build,
+    },
 ];
+
+/// The names of every policy, in pipeline order, read off [`ALL`].
+pub const NAMES: [&str; ALL.len()] = {
+    let mut names = [""; ALL.len()];
+    let mut i = 0;
+    while i < ALL.len() {
+        names[i] = ALL[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// The indexes and values of `spec.containers` (or another container list)
 /// that are objects.

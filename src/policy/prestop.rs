@@ -40,6 +40,13 @@ impl Prestop {
     }
 }
 
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.prestop;
+    cfg.enabled
+        .then(|| Box::new(Prestop::new(cfg.clone())) as Box<dyn Policy>)
+}
+
 impl Policy for Prestop {
     fn name(&self) -> &'static str {
         NAME
@@ -74,7 +81,7 @@ impl Policy for Prestop {
                 "container {name:?}: preStop sleeps {}s so endpoint removal propagates before SIGTERM",
                 self.cfg.sleep_seconds
             );
-            added |= m.set(&path, self.hook.clone(), message).unwrap_or(false);
+            added |= m.set(&path, self.hook.clone(), message).changed();
         }
         if added {
             self.ensure_grace(m);
@@ -100,7 +107,7 @@ impl Prestop {
             "terminationGracePeriodSeconds {current} -> {needed}: the {}s preStop sleep plus {}s to drain",
             self.cfg.sleep_seconds, self.cfg.min_drain_seconds
         );
-        if m.set(&path, json!(needed), message).unwrap_or(false) {
+        if m.set(&path, json!(needed), message).changed() {
             m.warn(format!(
                 "calmplane raised terminationGracePeriodSeconds from {current} to {needed} to fit a {}s preStop sleep",
                 self.cfg.sleep_seconds

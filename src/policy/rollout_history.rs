@@ -36,6 +36,13 @@ impl RolloutHistory {
     }
 }
 
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.rollout_history;
+    cfg.enabled
+        .then(|| Box::new(RolloutHistory::new(cfg.clone())) as Box<dyn Policy>)
+}
+
 impl Policy for RolloutHistory {
     fn name(&self) -> &'static str {
         NAME
@@ -72,7 +79,7 @@ impl Policy for RolloutHistory {
             .collect::<Vec<_>>()
             .join(",");
         let count = stamps.len();
-        let _ = m.set(
+        m.set(
             &["metadata", "annotations", ROLLOUTS_ANNOTATION],
             Value::String(history),
             format!("recorded a template change: {count} rollout(s) in the last hour"),
@@ -87,7 +94,7 @@ impl Policy for RolloutHistory {
         ];
         let limit = self.cfg.hot_rollouts_per_hour as usize;
         if count > limit {
-            let _ = m.set(
+            m.set(
                 &scope_path,
                 Value::String(format!("deployment/{name}")),
                 format!(

@@ -41,11 +41,18 @@ pub enum TlsError {
     ClientCa { path: String, message: String },
 }
 
-#[derive(Debug, Clone)]
+/// Where the serving certificate, its key and the optional client CA live.
+#[derive(Debug, Clone, clap::Args)]
 pub struct TlsPaths {
+    /// PEM certificate chain (leaf first).
+    #[arg(long, env = "CALMPLANE_CERT", default_value = "certs/tls.crt")]
     pub cert: PathBuf,
+    /// PEM private key.
+    #[arg(long, env = "CALMPLANE_KEY", default_value = "certs/tls.key")]
     pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA (mTLS).
+    /// Require client certificates signed by this CA (mTLS). When set,
+    /// clients must present a certificate signed by it.
+    #[arg(long, env = "CALMPLANE_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 }
 
