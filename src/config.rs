@@ -308,6 +308,15 @@ mod tests {
     }
 
     #[test]
+    fn non_utf8_files_are_refused_not_decoded_lossily() {
+        let e = Config::from_bytes(b"dns:\n  ndots: 3 # \xff\n", "p.yaml").unwrap_err();
+        assert!(matches!(e, ConfigError::NotUtf8 { .. }), "{e}");
+        assert!(e.to_string().contains("p.yaml"), "{e}");
+        let c = Config::from_bytes(b"dns:\n  ndots: 3\n", "p.yaml").unwrap();
+        assert_eq!(c.dns.ndots, 3);
+    }
+
+    #[test]
     fn partial_sections_keep_other_defaults() {
         let c = Config::from_yaml("dns:\n  ndots: 3\nprestop:\n  mode: exec\n", "p").unwrap();
         assert_eq!(c.dns.ndots, 3);

@@ -39,6 +39,8 @@ fn options() -> serde_saphyr::Options {
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
     options.legacy_octal_numbers = false;
     options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
+    options.strict_booleans = true;
     options
 }
 
@@ -56,4 +58,49 @@ pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, Error> {
 /// `value` as a YAML document.
 pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
     serde_saphyr::to_string(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn yaml_1_2_scalars() {
+        let v: Value =
+            from_str("a: yes\nb: 0640\nc: 0o640\nd: 12\ne: ~\nf: 1_000\ng: on\n").unwrap();
+        assert_eq!(
+            v,
+            json!({"a": "yes", "b": "0640", "c": 416, "d": 12, "e": null, "f": "1_000", "g": "on"})
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_the_line() {
+        let e = from_str::<Value>("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("duplicate mapping key: c"), "{text}");
+        assert!(text.contains("line 4"), "{text}");
+    }
+
+    #[test]
+    fn streams_keep_empty_documents_as_null() {
+        let docs = documents("---\na: 1\n---\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.iter().filter(|d| !d.is_null()).count(), 2);
+        assert_eq!(docs.iter().find(|d| !d.is_null()), Some(&json!({"a": 1})));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i", "j"])
+        {
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        assert!(from_str::<Value>(&bomb).is_err());
+    }
 }
