@@ -65,16 +65,25 @@ pub enum ConfigError {
     },
 }
 
+/// The whole policy file. Each section configures one policy, so a policy's
+/// constructor takes only its own section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
+    /// `lease`: which selectors to rewrite, and where the pod carries them.
     pub lease: LeaseConfig,
+    /// `rolloutHistory`: when a Deployment counts as hot.
     pub rollout_history: RolloutHistoryConfig,
+    /// `dns`: the resolver options added to pods.
     pub dns: DnsConfig,
+    /// `prestop`: how long containers wait before SIGTERM, and how.
     pub prestop: PrestopConfig,
+    /// `rollout`: only an on/off switch, kept as a section so the file's shape
+    /// is the same for every policy.
     pub rollout: RolloutConfig,
 }
 
+/// What the `lease` policy rewrites a per-pod selector to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseMode {
@@ -84,13 +93,20 @@ pub enum LeaseMode {
     Pod,
 }
 
+/// The `lease` section. The selector can hide in three places in a pod, so
+/// each has its own list of names to look under.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LeaseConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// `namespace` rewrites; `pod` keeps the section but the policy does not run.
     pub mode: LeaseMode,
+    /// Pod annotation keys whose value is a lease selector.
     pub annotations: Vec<String>,
+    /// Container env var names whose `value` is a lease selector.
     pub env_names: Vec<String>,
+    /// Container flags (`--flag=SEL` or `--flag SEL`) that take a lease selector.
     pub flags: Vec<String>,
 }
 
@@ -106,9 +122,11 @@ impl Default for LeaseConfig {
     }
 }
 
+/// The `rolloutHistory` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutHistoryConfig {
+    /// Turns the policy off: Deployments are no longer marked hot, nor cooled down.
     pub enabled: bool,
     /// A Deployment that rolled more than this many times in the last hour is hot.
     pub hot_rollouts_per_hour: u32,
@@ -123,13 +141,19 @@ impl Default for RolloutHistoryConfig {
     }
 }
 
+/// The `dns` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DnsConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// The `ndots` option written into pods: low enough that external names
+    /// skip the search path, high enough that `svc.ns` still uses it.
     pub ndots: u8,
     /// Replace an ndots the pod sets itself.
     pub r#override: bool,
+    /// Whether to add `single-request-reopen`, against the conntrack race
+    /// that loses an A or AAAA reply.
     pub single_request_reopen: bool,
 }
 
@@ -144,6 +168,8 @@ impl Default for DnsConfig {
     }
 }
 
+/// How the `prestop` policy writes its sleep: the native action needs a
+/// recent cluster, the exec form needs a shell in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrestopMode {
@@ -153,11 +179,16 @@ pub enum PrestopMode {
     Exec,
 }
 
+/// The `prestop` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PrestopConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// Native sleep or exec, depending on what the cluster supports.
     pub mode: PrestopMode,
+    /// How long SIGTERM is held back: long enough for endpoint removal to
+    /// reach every proxy. `i64` because that is the API's type.
     pub sleep_seconds: i64,
     /// Time the grace period must leave after the sleep for the app to drain.
     pub min_drain_seconds: i64,
@@ -174,9 +205,11 @@ impl Default for PrestopConfig {
     }
 }
 
+/// The `rollout` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
 }
 

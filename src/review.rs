@@ -16,27 +16,41 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The only AdmissionReview version calmplane speaks, and the only one the
+/// webhook configuration asks the apiserver for.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Why a body is not an AdmissionReview we can answer. Each is a 400.
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
+    /// The body is empty or only whitespace.
     #[error("empty body: expected an admission.k8s.io/v1 AdmissionReview")]
     Empty,
+    /// The body is not JSON at all; serde_json's message says where.
     #[error("body is not JSON: {0}")]
     NotJson(serde_json::Error),
+    /// The body is JSON but an array or a scalar (named in the field).
     #[error("expected an AdmissionReview object, got {0}")]
     NotAnObject(&'static str),
+    /// A JSON object whose fields have the wrong types, e.g. a numeric `uid`.
     #[error("invalid AdmissionReview: {0}")]
     Invalid(serde_json::Error),
+    /// `apiVersion` is missing or not v1 (the field holds what was sent):
+    /// usually a webhook registered with `admissionReviewVersions: [v1beta1]`.
     #[error("unsupported apiVersion {0:?}: calmplane speaks admission.k8s.io/v1 only; register the webhook with admissionReviewVersions: [\"v1\"]")]
     WrongApiVersion(String),
+    /// `kind` is missing or not `AdmissionReview` (the field holds what was sent).
     #[error("unsupported kind {0:?}: expected AdmissionReview")]
     WrongKind(String),
+    /// The envelope has no `request`: a response, or a truncated review.
     #[error("AdmissionReview has no request")]
     NoRequest,
+    /// An AdmissionRequest without its envelope, as test fixtures often are;
+    /// named apart so the message can show the fix.
     #[error("this is a bare AdmissionRequest; send it wrapped: {{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionReview\", \"request\": ...}}")]
     BareRequest,
+    /// The request's `uid` is empty: the response must echo it, and the
+    /// apiserver rejects a response whose uid does not match.
     #[error("AdmissionReview request has an empty uid")]
     NoUid,
 }
@@ -56,17 +70,26 @@ struct ReviewIn {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestIn {
+    /// Echoed in the response, which is how the apiserver pairs the two.
     pub uid: String,
+    /// The object's group/version/kind: decides which policies run, and
+    /// whether any do.
     pub kind: GroupVersionKind,
+    /// Set for requests on a subresource (`status`, `scale`, ...), which are
+    /// allowed untouched: there the edits would be wrong (a `Scale`) or dropped.
     #[serde(default)]
     pub sub_resource: Option<String>,
+    /// The request's namespace, which is authoritative: the object's own
+    /// metadata may leave it to the URL.
     #[serde(default)]
     pub namespace: Option<String>,
     /// Kept as text: an operation this build does not know (a newer
     /// apiserver, a fixture) is allowed untouched rather than rejected.
     pub operation: String,
+    /// The object to mutate, kept untyped so no field is lost; absent on DELETE.
     #[serde(default)]
     pub object: Option<Value>,
+    /// The stored object on UPDATE, which `rollout-history` compares against.
     #[serde(default)]
     pub old_object: Option<Value>,
 }
@@ -74,12 +97,17 @@ pub struct RequestIn {
 /// How a request ended, for metrics and the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// The policies ran and the response carries a patch.
     Mutated,
+    /// The policies ran and had nothing to change.
     Unchanged,
+    /// No policy could run: a kind or operation calmplane does not mutate,
+    /// a subresource, or no object.
     Skipped,
 }
 
 impl Verdict {
+    /// The `result` label value of `calmplane_admission_requests_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Mutated => "mutated",
@@ -92,14 +120,22 @@ impl Verdict {
 /// Everything worth logging and counting about one admission.
 #[derive(Debug)]
 pub struct Summary {
+    /// Identifies the request in the log line; the response echoes it.
     pub uid: String,
+    /// The request's kind, any kind, as sent (a metrics label).
     pub kind: String,
+    /// The request's namespace; empty for cluster-scoped objects.
     pub namespace: String,
+    /// The operation as a bounded label (`other` for unknown ones), so a
+    /// client cannot grow the metric's label set.
     pub operation: &'static str,
+    /// How the request ended (the `result` label).
     pub verdict: Verdict,
+    /// The policies that changed the object, in order.
     pub policies: Vec<&'static str>,
 }
 
+/// The wire name of a kube `Operation`, e.g. `CREATE`.
 pub fn operation_str(op: &Operation) -> &'static str {
     match op {
         Operation::Create => "CREATE",

@@ -18,14 +18,18 @@ use crate::patch::{lookup, Edit, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "dns";
 
+/// The policy.
 pub struct Dns {
     cfg: DnsConfig,
+    /// `cfg.ndots` as the string dnsConfig wants, formatted once, not per pod.
     ndots: String,
 }
 
 impl Dns {
+    /// The policy for this `dns` section.
     pub fn new(cfg: DnsConfig) -> Self {
         let ndots = cfg.ndots.to_string();
         Dns { cfg, ndots }

@@ -22,13 +22,16 @@ use crate::selector::{self, Scope};
 use kube::core::admission::Operation;
 use serde_json::Value;
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "lease";
 
+/// The policy.
 pub struct Lease {
     cfg: LeaseConfig,
 }
 
 impl Lease {
+    /// The policy for this `lease` section.
     pub fn new(cfg: LeaseConfig) -> Self {
         Lease { cfg }
     }

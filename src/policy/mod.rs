@@ -27,7 +27,9 @@ pub mod rollout_history;
 /// The kinds calmplane mutates. Everything else is allowed untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// `v1 Pod`: lease selectors, DNS options and preStop hooks live here.
     Pod,
+    /// `apps/v1 Deployment`: rollout strategy and rollout history live here.
     Deployment,
 }
 
@@ -50,6 +52,7 @@ impl Kind {
         Kind::from_gvk(group, version, kind)
     }
 
+    /// The Kubernetes kind name, e.g. `Pod`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Pod => "Pod",
@@ -61,10 +64,14 @@ impl Kind {
 /// What a policy may know about the request besides the object itself.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
+    /// The object's kind, already accepted by [`Policy::handles`]; there for a
+    /// policy that acts differently per kind.
     pub kind: Kind,
+    /// CREATE or UPDATE: some edits are only safe, or only needed, on one.
     pub operation: Operation,
     /// The request's namespace, falling back to the object's own.
     pub namespace: Option<&'a str>,
+    /// The object before an UPDATE; `rollout-history` compares templates with it.
     pub old_object: Option<&'a Value>,
     /// Unix seconds, taken once per request from the pipeline's clock.
     pub now: i64,

@@ -18,16 +18,20 @@ use crate::patch::{present, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "prestop";
 /// The apiserver's default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
+/// The policy.
 pub struct Prestop {
     cfg: PrestopConfig,
+    /// The preStop handler to add, built once from the config, not per container.
     hook: Value,
 }
 
 impl Prestop {
+    /// The policy for this `prestop` section.
     pub fn new(cfg: PrestopConfig) -> Self {
         let seconds = cfg.sleep_seconds;
         let hook = match cfg.mode {

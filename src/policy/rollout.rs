@@ -13,6 +13,7 @@ use crate::patch::{present, str_at, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "rollout";
 
 /// The policy. It has nothing to configure but whether it runs.

@@ -23,14 +23,17 @@ use crate::{LEASE_SCOPE_ANNOTATION, ROLLOUTS_ANNOTATION};
 use kube::core::admission::Operation;
 use serde_json::Value;
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "rollout-history";
 const WINDOW_SECONDS: i64 = 3600;
 
+/// The policy. Holds no history itself: that lives in each Deployment.
 pub struct RolloutHistory {
     cfg: RolloutHistoryConfig,
 }
 
 impl RolloutHistory {
+    /// The policy for this `rolloutHistory` section.
     pub fn new(cfg: RolloutHistoryConfig) -> Self {
         RolloutHistory { cfg }
     }
