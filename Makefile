@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export CALMPLANE_PYTHON := $(abspath $(PY))
 
-.PHONY: run test venv certs build release lint fmt clean bench bench-gate bench-baseline bench-measure load
+.PHONY: run test venv certs build release lint fmt deny clean bench bench-gate bench-baseline bench-measure load
 
 run: certs/tls.crt
 	$(CARGO) run --release -- serve --log-format text
@@ -37,6 +37,15 @@ lint:
 
 fmt:
 	$(CARGO) fmt
+
+# Licences, bans and sources of every dependency against deny.toml. Installs the
+# pinned cargo-deny on first use (about 3.5 min of compiling on 2 cores).
+# Advisories are not checked here: they need the RustSec database from GitHub,
+# and CI has no network beyond the package registries (see deny.toml).
+CARGO_DENY_VERSION ?= 0.20.2
+deny:
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny check licenses bans sources
 
 clean:
 	rm -rf target $(VENV)
