@@ -39,7 +39,8 @@ fmt:
 	$(CARGO) fmt
 
 # Licences, bans and sources of every dependency against deny.toml. Installs the
-# pinned cargo-deny on first use (about 3.5 min of compiling on 2 cores).
+# pinned cargo-deny on first use (about 3 CPU-minutes of compiling: 7 min wall on
+# a busy 2-core machine).
 # Advisories are not checked here: they need the RustSec database from GitHub,
 # and CI has no network beyond the package registries (see deny.toml).
 CARGO_DENY_VERSION ?= 0.20.2
