@@ -38,7 +38,8 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-# Licences, bans and sources of every dependency against deny.toml. Installs the
+# Licences, bans and sources of every dependency of every workspace member
+# (--workspace: the testkit and e2e crates too) against deny.toml. Installs the
 # pinned cargo-deny on first use (about 3 CPU-minutes of compiling: 7 min wall on
 # a busy 2-core machine).
 # Advisories are not checked here: they need the RustSec database from GitHub,
@@ -46,7 +47,7 @@ fmt:
 CARGO_DENY_VERSION ?= 0.20.2
 deny:
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
-	$(CARGO) deny check licenses bans sources
+	$(CARGO) deny --workspace check licenses bans sources
 
 clean:
 	rm -rf target $(VENV)
