@@ -39,7 +39,8 @@ fmt:
 	$(CARGO) fmt
 
 # Licences, bans and sources of every dependency of every workspace member
-# (--workspace: the testkit and e2e crates too) against deny.toml. Installs the
+# (--workspace: the testkit and e2e crates too), and of the fuzz crate (a
+# workspace of its own), against deny.toml. Installs the
 # pinned cargo-deny on first use (about 3 CPU-minutes of compiling: 7 min wall on
 # a busy 2-core machine).
 # Advisories are not checked here: they need the RustSec database from GitHub,
@@ -48,6 +49,7 @@ CARGO_DENY_VERSION ?= 0.20.2
 deny:
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
 	$(CARGO) deny --workspace check licenses bans sources
+	$(CARGO) deny --manifest-path fuzz/Cargo.toml --config deny.toml check licenses bans sources
 
 clean:
 	rm -rf target $(VENV)
