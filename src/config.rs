@@ -18,6 +18,13 @@
 //! rollout: {}
 //! ```
 //!
+//! Every section also takes `enforcement: enforce | report`. A policy in
+//! `report` is computed on every `/mutate` request, counted in
+//! `calmplane_report_changes_total{policy}` and logged, but never patched.
+//! The key is not `mode`: `lease.mode` (namespace | pod) and `prestop.mode`
+//! (sleep | exec) already say *what* a policy writes; `enforcement` says
+//! *whether* it writes, and means the same in every section.
+//!
 //! Unknown keys are rejected (a typo must not silently fall back to a default)
 //! and values are range-checked, so a bad file fails at start with a message
 //! that names the key.
@@ -55,6 +62,17 @@ pub struct Config {
     pub rollout: RolloutConfig,
 }
 
+/// Whether a policy's changes are patched or only reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Patch the changes (the default).
+    #[default]
+    Enforce,
+    /// Compute, count and log the changes; never patch them.
+    Report,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseMode {
@@ -68,6 +86,8 @@ pub enum LeaseMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LeaseConfig {
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     pub mode: LeaseMode,
     pub annotations: Vec<String>,
     pub env_names: Vec<String>,
@@ -78,6 +98,7 @@ impl Default for LeaseConfig {
     fn default() -> Self {
         LeaseConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             mode: LeaseMode::Namespace,
             annotations: vec![crate::LEASE_SELECTOR_ANNOTATION.to_string()],
             env_names: vec!["LEASE_SELECTOR".to_string()],
@@ -90,6 +111,8 @@ impl Default for LeaseConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutHistoryConfig {
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     /// A Deployment that rolled more than this many times in the last hour is hot.
     pub hot_rollouts_per_hour: u32,
 }
@@ -98,6 +121,7 @@ impl Default for RolloutHistoryConfig {
     fn default() -> Self {
         RolloutHistoryConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             hot_rollouts_per_hour: 1,
         }
     }
@@ -107,6 +131,8 @@ impl Default for RolloutHistoryConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DnsConfig {
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     pub ndots: u8,
     /// Replace an ndots the pod sets itself.
     pub r#override: bool,
@@ -117,6 +143,7 @@ impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             ndots: 2,
             r#override: false,
             single_request_reopen: true,
@@ -137,6 +164,8 @@ pub enum PrestopMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PrestopConfig {
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     pub mode: PrestopMode,
     pub sleep_seconds: i64,
     /// Time the grace period must leave after the sleep for the app to drain.
@@ -147,6 +176,7 @@ impl Default for PrestopConfig {
     fn default() -> Self {
         PrestopConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             mode: PrestopMode::Sleep,
             sleep_seconds: 5,
             min_drain_seconds: 5,
@@ -158,11 +188,16 @@ impl Default for PrestopConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutConfig {
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
 }
 
 impl Default for RolloutConfig {
     fn default() -> Self {
-        RolloutConfig { enabled: true }
+        RolloutConfig {
+            enabled: true,
+            enforcement: Enforcement::Enforce,
+        }
     }
 }
 
@@ -274,6 +309,29 @@ mod tests {
         assert!(c.dns.enabled);
         assert_eq!(c.prestop.mode, PrestopMode::Exec);
         assert_eq!(c.prestop.sleep_seconds, 5);
+    }
+
+    #[test]
+    fn enforcement_is_per_policy_and_does_not_collide_with_mode() {
+        let c = Config::from_yaml(
+            "dns: {enforcement: report}\nprestop: {mode: exec, enforcement: report}\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(c.dns.enforcement, Enforcement::Report);
+        assert_eq!(c.prestop.enforcement, Enforcement::Report);
+        assert_eq!(c.prestop.mode, PrestopMode::Exec);
+        assert_eq!(c.lease.enforcement, Enforcement::Enforce);
+        assert_eq!(c.rollout.enforcement, Enforcement::Enforce);
+        let e = Config::from_yaml("dns: {enforcement: watch}\n", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `watch`"), "{e}");
+        // `mode: report` is not an enforcement: it names what lease writes.
+        let e = Config::from_yaml("lease: {mode: report}\n", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `report`"), "{e}");
     }
 
     #[test]

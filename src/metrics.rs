@@ -16,6 +16,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub duration: Histogram,
     pub policy_changes: IntCounterVec,
+    /// Objects a policy would have changed but did not: `/report`, or the
+    /// policy is in `enforcement: report`. The canary's signal.
+    pub report_changes: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub config_reloads: IntCounterVec,
 }
@@ -43,6 +46,14 @@ impl Metrics {
             Opts::new(
                 "calmplane_policy_changes_total",
                 "Objects changed, by the policy that changed them.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let report_changes = IntCounterVec::new(
+            Opts::new(
+                "calmplane_report_changes_total",
+                "Objects a policy would have changed in report mode (not patched), by policy.",
             ),
             &["policy"],
         )
@@ -75,6 +86,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(policy_changes.clone()),
+            Box::new(report_changes.clone()),
             Box::new(build_info),
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
@@ -86,6 +98,7 @@ impl Metrics {
             requests,
             duration,
             policy_changes,
+            report_changes,
             tls_reloads,
             config_reloads,
         }

@@ -44,7 +44,20 @@ impl Clock for FixedClock {
 
 pub struct Pipeline {
     policies: Vec<Box<dyn Policy>>,
+    /// Names of the policies in `enforcement: report`: run, never patched.
+    report_only: Vec<&'static str>,
     clock: Arc<dyn Clock>,
+}
+
+/// What the policies in `enforcement: report` would have done.
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// Names of the report-only policies that would have changed the object.
+    pub policies: Vec<&'static str>,
+    /// Their changes, as they would have been made.
+    pub changes: Vec<Change>,
+    /// Their warnings, kept out of the response: the change was not made.
+    pub warnings: Vec<String>,
 }
 
 /// What the pipeline did to one object.
@@ -56,6 +69,8 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Names of the policies that changed the object, in order.
     pub policies: Vec<&'static str>,
+    /// Report-only policies' changes, which are not in `patch` or `object`.
+    pub reported: Reported,
 }
 
 impl Outcome {
@@ -66,6 +81,7 @@ impl Outcome {
             changes: Vec::new(),
             warnings: Vec::new(),
             policies: Vec::new(),
+            reported: Reported::default(),
         }
     }
 }
@@ -81,8 +97,20 @@ pub struct Request<'a> {
 
 impl Pipeline {
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
+        use crate::config::Enforcement;
         use crate::policy::{dns, lease, prestop, rollout, rollout_history};
         let mut policies: Vec<Box<dyn Policy>> = Vec::new();
+        let report_only = [
+            (lease::NAME, config.lease.enforcement),
+            (rollout_history::NAME, config.rollout_history.enforcement),
+            (dns::NAME, config.dns.enforcement),
+            (prestop::NAME, config.prestop.enforcement),
+            (rollout::NAME, config.rollout.enforcement),
+        ]
+        .into_iter()
+        .filter(|(_, e)| *e == Enforcement::Report)
+        .map(|(name, _)| name)
+        .collect();
         if config.lease.enabled {
             policies.push(Box::new(lease::Lease::new(config.lease.clone())));
         }
@@ -100,12 +128,25 @@ impl Pipeline {
         if config.rollout.enabled {
             policies.push(Box::new(rollout::Rollout::new(config.rollout.clone())));
         }
-        Pipeline { policies, clock }
+        Pipeline {
+            policies,
+            report_only,
+            clock,
+        }
     }
 
     /// A pipeline of exactly these policies (tests inject their own).
     pub fn from_policies(policies: Vec<Box<dyn Policy>>, clock: Arc<dyn Clock>) -> Self {
-        Pipeline { policies, clock }
+        Pipeline {
+            policies,
+            report_only: Vec::new(),
+            clock,
+        }
+    }
+
+    /// The unix time the pipeline's clock reads now.
+    pub fn now_unix(&self) -> i64 {
+        self.clock.now_unix()
     }
 
     pub fn with_defaults() -> Self {
@@ -143,8 +184,23 @@ impl Pipeline {
             }
         }
         let mut applied = Vec::new();
+        let mut reported = Reported::default();
         for policy in &self.policies {
             if !policy.handles(req.kind, &req.operation) || skip.skips(policy.name()) {
+                continue;
+            }
+            if self.report_only.contains(&policy.name()) {
+                // On a copy: later policies must see the object as it will be
+                // admitted, without this policy's edits.
+                let mut scratch = Mutation::new(m.doc().clone());
+                scratch.begin(policy.name());
+                policy.apply(&ctx, &mut scratch);
+                let (_, ops, changes, warnings) = scratch.into_parts();
+                if !ops.is_empty() {
+                    reported.policies.push(policy.name());
+                }
+                reported.changes.extend(changes);
+                reported.warnings.extend(warnings);
                 continue;
             }
             let before = m.ops().len();
@@ -161,6 +217,7 @@ impl Pipeline {
             changes,
             warnings,
             policies: applied,
+            reported,
         }
     }
 }

@@ -1,9 +1,10 @@
-//! HTTP routes: `/mutate`, `/preview`, `/healthz`, `/readyz` on the TLS port,
+//! HTTP routes: `/mutate`, `/report`, `/preview`, `/healthz`, `/readyz` on the TLS port,
 //! `/metrics` on the plaintext metrics port.
 //!
 //! ```text
 //! TLS accept (listener.rs) ─ hyper http1 ─ axum Router
 //!    POST /mutate  ─ review::parse ─ Pipeline::run ─ review::response_body
+//!    POST /report  ─ review::parse ─ Pipeline::run ─ counted and logged, never patched
 //!    POST /preview ─ preview::preview
 //! ```
 //!
@@ -12,6 +13,7 @@
 //! here and becomes a 500 for that one request.
 
 pub mod listener;
+pub mod report;
 pub mod serve;
 pub mod tls;
 
@@ -61,6 +63,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        .route("/report", post(report::report))
         .route("/preview", post(preview_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -125,7 +128,7 @@ async fn refuse_announced_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        if request.uri().path() == "/mutate" {
+        if matches!(request.uri().path(), "/mutate" | "/report") {
             state
                 .metrics
                 .requests
@@ -205,7 +208,7 @@ async fn mutate(
     let elapsed = start.elapsed();
     m.duration.observe(elapsed.as_secs_f64());
     match result {
-        Ok((summary, body, _)) => {
+        Ok((summary, body, outcome)) => {
             let verdict = summary.verdict.as_str();
             m.requests
                 .with_label_values(&[kind_label(&summary.kind), summary.operation, verdict])
@@ -223,6 +226,10 @@ async fn mutate(
                 duration_us = elapsed.as_micros() as u64,
                 "admission"
             );
+            if !outcome.reported.policies.is_empty() {
+                let would = report::WouldChange::reported_only(&outcome);
+                report::record(m, &summary, &outcome.object, &would, "/mutate");
+            }
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(_) => {
