@@ -52,6 +52,8 @@ enum Command {
     Manifests(ManifestsArgs),
     /// Apply that MutatingWebhookConfiguration to the current cluster (server-side apply, field manager `calmplane`).
     Register(RegisterArgs),
+    /// Predict what calmplane would change in a cluster, and the Lease writes it would save.
+    Audit(calmplane::audit::AuditArgs),
 }
 
 #[derive(clap::Args)]
@@ -253,6 +255,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Register(args) => run_register(args),
+        Command::Audit(args) => {
+            print!("{}", calmplane::audit::run(&args)?);
+            Ok(())
+        }
     }
 }
 
