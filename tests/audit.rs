@@ -12,9 +12,11 @@ use support::{review, TestServer};
 
 const DEMO: &str = "GoogleCloudPlatform__microservices-demo__release__kubernetes-manifests.yaml";
 const METRICS_SERVER: &str = "kubernetes-sigs__metrics-server__manifests__base__deployment.yaml";
-const KSM: &str = "prometheus-operator__kube-prometheus__manifests__kubeStateMetrics-deployment.yaml";
+const KSM: &str =
+    "prometheus-operator__kube-prometheus__manifests__kubeStateMetrics-deployment.yaml";
 const LIFECYCLE: &str = "kubernetes__website__content__en__examples__pods__lifecycle-events.yaml";
-const CUSTOM_DNS: &str = "kubernetes__website__content__en__examples__service__networking__custom-dns.yaml";
+const CUSTOM_DNS: &str =
+    "kubernetes__website__content__en__examples__service__networking__custom-dns.yaml";
 
 /// Per-pod Leases of workloads that select `metadata.name=<pod>`.
 const POD_LEASE_SECONDS: i64 = 10;
@@ -74,7 +76,11 @@ fn story() -> Story {
         }
         shop_deployments.push(name);
     }
-    dump.pdb("shop", "frontend", json!({"matchLabels": {"app": "frontend"}}));
+    dump.pdb(
+        "shop",
+        "frontend",
+        json!({"matchLabels": {"app": "frontend"}}),
+    );
     dump.pdb(
         "shop",
         "cart",
@@ -85,7 +91,12 @@ fn story() -> Story {
     broken["metadata"]["name"] = json!("broken-selector");
     broken["metadata"]["annotations"] = json!({SELECTOR: "metadata.name"});
     dump.pod("shop", &broken);
-    dump.lease("shop", "broken-selector", POD_LEASE_SECONDS, Some("broken-selector"));
+    dump.lease(
+        "shop",
+        "broken-selector",
+        POD_LEASE_SECONDS,
+        Some("broken-selector"),
+    );
     dump.lease("shop", "released", POD_LEASE_SECONDS, None);
     // calmplane's own pod: the objectSelector excludes it wherever it runs.
     let mut own = one(LIFECYCLE, "Pod");
@@ -93,17 +104,32 @@ fn story() -> Story {
     own["metadata"]["labels"] = json!({"app.kubernetes.io/name": "calmplane"});
     dump.pod("shop", &own);
 
-    dump.deployment("blog", &one(METRICS_SERVER, "Deployment"), &[(3 * HOUR, 1)], 3);
+    dump.deployment(
+        "blog",
+        &one(METRICS_SERVER, "Deployment"),
+        &[(3 * HOUR, 1)],
+        3,
+    );
     let mut lifecycle = one(LIFECYCLE, "Pod");
     lifecycle["metadata"]["annotations"] = json!({SELECTOR: "metadata.name=lifecycle-demo"});
     dump.pod("blog", &lifecycle);
-    dump.lease("blog", "lifecycle-demo", POD_LEASE_SECONDS, Some("lifecycle-demo"));
+    dump.lease(
+        "blog",
+        "lifecycle-demo",
+        POD_LEASE_SECONDS,
+        Some("lifecycle-demo"),
+    );
     dump.pod("blog", &one(CUSTOM_DNS, "Pod"));
 
     dump.deployment("quiet", &one(KSM, "Deployment"), &[(3 * HOUR, 1)], 2);
     dump.lease("quiet", "leader", LEADER_LEASE_SECONDS, Some("ksm-0"));
 
-    dump.deployment("kube-system", &one(METRICS_SERVER, "Deployment"), &[(3 * HOUR, 1)], 1);
+    dump.deployment(
+        "kube-system",
+        &one(METRICS_SERVER, "Deployment"),
+        &[(3 * HOUR, 1)],
+        1,
+    );
     dump.deployment("calmplane", &one(KSM, "Deployment"), &[(3 * HOUR, 1)], 1);
     for node in ["node-a", "node-b", "node-c"] {
         dump.lease("kube-node-lease", node, NODE_LEASE_SECONDS, Some(node));
@@ -197,9 +223,17 @@ fn assert_namespace(report: &Report, dump: &Dump, ns: &str, opted_in: &str) -> V
         .count();
     assert_eq!(entry["podsChanged"], changed, "{ns}");
     assert_eq!(entry["changes"]["dns"], count(&pods, wants_dns), "{ns}");
-    assert_eq!(entry["changes"]["prestop"], count(&pods, wants_prestop), "{ns}");
+    assert_eq!(
+        entry["changes"]["prestop"],
+        count(&pods, wants_prestop),
+        "{ns}"
+    );
     assert_eq!(entry["changes"]["lease"], count(&pods, wants_lease), "{ns}");
-    assert_eq!(entry["changes"]["rollout"], count(&deployments, wants_rollout), "{ns}");
+    assert_eq!(
+        entry["changes"]["rollout"],
+        count(&deployments, wants_rollout),
+        "{ns}"
+    );
     let selectors = pods
         .iter()
         .filter(|p| !p["metadata"]["annotations"][SELECTOR].is_null())
@@ -234,7 +268,10 @@ fn counts_follow_from_how_the_dump_was_built() {
     let blog = assert_namespace(&report, &story.dump, "blog", "report");
     assert_eq!(blog["pods"], 3 + 2);
     assert_eq!(blog["changes"]["lease"], 1);
-    assert_eq!(blog["changes"]["rollout"], 0, "metrics-server already has maxUnavailable: 0");
+    assert_eq!(
+        blog["changes"]["rollout"], 0,
+        "metrics-server already has maxUnavailable: 0"
+    );
     assert_eq!(blog["hotDeployments"], json!([]));
     assert_eq!(blog["deploymentsWithoutPdb"], json!(["metrics-server"]));
 
@@ -251,11 +288,20 @@ fn counts_follow_from_how_the_dump_was_built() {
         .details
         .hot
         .iter()
-        .map(|h| (h.name.as_str(), h.judgement.rollouts, h.judgement.source.as_str()))
+        .map(|h| {
+            (
+                h.name.as_str(),
+                h.judgement.rollouts,
+                h.judgement.source.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         hot,
-        [("frontend", 2, "replicasets"), ("cartservice", 2, "calmplane.dev/rollouts")]
+        [
+            ("frontend", 2, "replicasets"),
+            ("cartservice", 2, "calmplane.dev/rollouts")
+        ]
     );
 }
 
@@ -269,17 +315,31 @@ fn lease_writes_before_and_after() {
     let before = &report.leases.before;
     assert_eq!(before.objects, 4 + 1 + 1 + 1 + 1 + 3);
     let expected = 6.0 * pod_rate + leader_rate + 3.0 * node_rate;
-    assert!((before.writes_per_second - expected).abs() < 0.001, "{before:?}");
+    assert!(
+        (before.writes_per_second - expected).abs() < 0.001,
+        "{before:?}"
+    );
     assert!(before.source.starts_with("estimate: "), "{}", before.source);
-    assert!(before.source.contains("leaseDurationSeconds/4"), "{}", before.source);
+    assert!(
+        before.source.contains("leaseDurationSeconds/4"),
+        "{}",
+        before.source
+    );
     // After: frontend's two pod Leases become one per hot Deployment,
     // checkoutservice's two one for shop, lifecycle-demo's one for blog; the
     // rest (broken-selector, released, leader, nodes) stay.
     let after = &report.leases.after;
     assert_eq!(after.objects, 3 + (1 + 1 + 1 + 3));
     let expected = 3.0 * pod_rate + pod_rate + leader_rate + 3.0 * node_rate;
-    assert!((after.writes_per_second - expected).abs() < 0.001, "{after:?}");
-    assert!(after.source.contains("1 per hot Deployment"), "{}", after.source);
+    assert!(
+        (after.writes_per_second - expected).abs() < 0.001,
+        "{after:?}"
+    );
+    assert!(
+        after.source.contains("1 per hot Deployment"),
+        "{}",
+        after.source
+    );
     assert!(after.source.contains("2 per namespace"), "{}", after.source);
 }
 
@@ -336,18 +396,33 @@ fn json_output_has_exactly_the_documented_keys() {
     assert_eq!(keys(&v), ["namespaces", "changes", "leases", "warnings"]);
     assert_eq!(
         keys(&v["namespaces"][0]),
-        ["name", "optedIn", "pods", "podsChanged", "changes", "leaseSelectors", "hotDeployments", "deploymentsWithoutPdb"]
+        [
+            "name",
+            "optedIn",
+            "pods",
+            "podsChanged",
+            "changes",
+            "leaseSelectors",
+            "hotDeployments",
+            "deploymentsWithoutPdb"
+        ]
     );
     let policies = ["lease", "dns", "prestop", "rollout", "rollout-history"];
     assert_eq!(keys(&v["changes"]), policies);
     assert_eq!(keys(&v["namespaces"][0]["changes"]), policies);
     assert_eq!(keys(&v["leases"]), ["before", "after"]);
     for side in ["before", "after"] {
-        assert_eq!(keys(&v["leases"][side]), ["objects", "writesPerSecond", "source"]);
+        assert_eq!(
+            keys(&v["leases"][side]),
+            ["objects", "writesPerSecond", "source"]
+        );
         assert!(v["leases"][side]["writesPerSecond"].is_f64());
     }
     let table = audit::render::table(&report);
-    assert!(table.contains("shop/frontend: 2 rollouts, decided by replicasets"), "{table}");
+    assert!(
+        table.contains("shop/frontend: 2 rollouts, decided by replicasets"),
+        "{table}"
+    );
     assert!(table.contains("Not opted in, not audited (4)"), "{table}");
 }
 
@@ -412,7 +487,10 @@ fn a_single_object_is_not_a_list() {
     assert!(matches!(e, AuditError::NotAList { doc: 1, .. }), "{e}");
     let message = e.to_string();
     assert!(message.contains("kind Pod, not a v1 List"), "{message}");
-    assert!(message.contains("kubectl get pods,deployments"), "{message}");
+    assert!(
+        message.contains("kubectl get pods,deployments"),
+        "{message}"
+    );
     let e = Inventory::from_bytes(b"[1, 2]").unwrap_err().to_string();
     assert!(e.contains("a scalar"), "{e}");
     let e = Inventory::from_bytes(b"").unwrap_err().to_string();
@@ -445,9 +523,18 @@ fn unknown_kinds_and_objects_without_a_namespace_are_warnings() {
     let inventory = Inventory::from_bytes(&serde_json::to_vec(&list).unwrap()).unwrap();
     let w = inventory.warnings.join("\n");
     assert!(w.contains("skipped 2 object(s) of kind v1 Service"), "{w}");
-    assert!(w.contains("skipped 1 object(s) of kind example.com/v1 Widget"), "{w}");
-    assert!(w.contains("Pod dns-example has no metadata.namespace"), "{w}");
-    assert!(w.contains("Deployment nameless-ns has no metadata.namespace"), "{w}");
+    assert!(
+        w.contains("skipped 1 object(s) of kind example.com/v1 Widget"),
+        "{w}"
+    );
+    assert!(
+        w.contains("Pod dns-example has no metadata.namespace"),
+        "{w}"
+    );
+    assert!(
+        w.contains("Deployment nameless-ns has no metadata.namespace"),
+        "{w}"
+    );
     assert!(w.contains("Pod has no metadata.name"), "{w}");
     assert!(w.contains("item 6 is not an object"), "{w}");
     let report = audit::audit(inventory, &Config::default(), &Options::default()).unwrap();
@@ -470,7 +557,10 @@ fn the_binary_answers_bad_input_with_an_error_not_a_panic() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("input: invalid JSON") || stderr.contains("input: invalid YAML"), "{stderr}");
+    assert!(
+        stderr.contains("input: invalid JSON") || stderr.contains("input: invalid YAML"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     let good = dir.path().join("dump.json");
@@ -480,7 +570,14 @@ fn the_binary_answers_bad_input_with_an_error_not_a_panic() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(printed, serde_json::to_value(run(&story().dump, false)).unwrap());
+    assert_eq!(
+        printed,
+        serde_json::to_value(run(&story().dump, false)).unwrap()
+    );
 }

@@ -18,7 +18,8 @@ use support::{review, TestServer};
 
 const DEMO: &str = "GoogleCloudPlatform__microservices-demo__release__kubernetes-manifests.yaml";
 const LIFECYCLE: &str = "kubernetes__website__content__en__examples__pods__lifecycle-events.yaml";
-const CUSTOM_DNS: &str = "kubernetes__website__content__en__examples__service__networking__custom-dns.yaml";
+const CUSTOM_DNS: &str =
+    "kubernetes__website__content__en__examples__service__networking__custom-dns.yaml";
 const METRICS_SERVER: &str = "kubernetes-sigs__metrics-server__manifests__base__deployment.yaml";
 
 /// Every log line of this test binary, as JSON.
@@ -79,7 +80,9 @@ fn policies_of(response: &Value) -> Vec<String> {
 fn patched(object: &Value, response: &Value) -> Value {
     let mut doc = object.clone();
     if let Some(b64) = response["patch"].as_str() {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
     }
@@ -102,7 +105,8 @@ fn reviews() -> Vec<(String, Value, Value)> {
         let mut pod = calmplane::preview::pod_from_template(&d).unwrap();
         pod["metadata"]["name"] = json!(format!("{}-abc", d["metadata"]["name"].as_str().unwrap()));
         if d["metadata"]["name"] == "frontend" {
-            pod["metadata"]["annotations"] = json!({"calmplane.dev/lease-selector": "metadata.name=frontend-abc"});
+            pod["metadata"]["annotations"] =
+                json!({"calmplane.dev/lease-selector": "metadata.name=frontend-abc"});
         }
         add("CREATE", pod, None);
         add("CREATE", d.clone(), None);
@@ -113,7 +117,11 @@ fn reviews() -> Vec<(String, Value, Value)> {
     }
     add("CREATE", fixture(LIFECYCLE, "Pod").remove(0), None);
     add("CREATE", fixture(CUSTOM_DNS, "Pod").remove(0), None);
-    add("CREATE", fixture(METRICS_SERVER, "Deployment").remove(0), None);
+    add(
+        "CREATE",
+        fixture(METRICS_SERVER, "Deployment").remove(0),
+        None,
+    );
     out
 }
 
@@ -133,7 +141,12 @@ async fn report_never_patches_and_says_what_mutate_does() {
         }
 
         let reply = c
-            .request("POST", "/report", "application/json", serde_json::to_vec(review).unwrap())
+            .request(
+                "POST",
+                "/report",
+                "application/json",
+                serde_json::to_vec(review).unwrap(),
+            )
             .await;
         assert_eq!(reply.status, 200, "{uid}: {}", reply.text());
         let body = reply.json();
@@ -141,7 +154,10 @@ async fn report_never_patches_and_says_what_mutate_does() {
         assert_eq!(response["uid"], uid.as_str());
         assert_eq!(response["allowed"], true);
         for absent in ["patch", "patchType", "auditAnnotations", "warnings"] {
-            assert!(response.get(absent).is_none(), "{uid}: /report sent {absent}: {body}");
+            assert!(
+                response.get(absent).is_none(),
+                "{uid}: /report sent {absent}: {body}"
+            );
         }
 
         // The log line names the policies /mutate applied, and each change it
@@ -161,17 +177,31 @@ async fn report_never_patches_and_says_what_mutate_does() {
             .collect();
         assert_eq!(logged, policies, "{uid}");
         let changes: Vec<Value> = serde_json::from_str(line["changes"].as_str().unwrap()).unwrap();
-        let by_policy: BTreeSet<&str> = changes.iter().map(|c| c["policy"].as_str().unwrap()).collect();
-        assert_eq!(by_policy, policies.iter().map(String::as_str).collect(), "{uid}");
+        let by_policy: BTreeSet<&str> = changes
+            .iter()
+            .map(|c| c["policy"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            by_policy,
+            policies.iter().map(String::as_str).collect(),
+            "{uid}"
+        );
         let after = patched(object, mutate);
         for change in &changes {
             let path = change["path"].as_str().unwrap();
-            assert_ne!(object.pointer(path), after.pointer(path), "{uid}: {path} did not change under /mutate");
+            assert_ne!(
+                object.pointer(path),
+                after.pointer(path),
+                "{uid}: {path} did not change under /mutate"
+            );
         }
     }
     // Every policy shows up at least once, so the comparison below means something.
     let names: BTreeSet<&str> = expected.keys().map(String::as_str).collect();
-    assert_eq!(names, BTreeSet::from(["dns", "lease", "prestop", "rollout", "rollout-history"]));
+    assert_eq!(
+        names,
+        BTreeSet::from(["dns", "lease", "prestop", "rollout", "rollout-history"])
+    );
     assert_eq!(report_metric(&server.metrics().await), expected);
     server.stop().await;
 }
@@ -181,7 +211,11 @@ async fn policies_in_enforcement_report_are_counted_not_patched() {
     logs();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, "dns: {enforcement: report}\nprestop: {enforcement: report}\n").unwrap();
+    std::fs::write(
+        &policy,
+        "dns: {enforcement: report}\nprestop: {enforcement: report}\n",
+    )
+    .unwrap();
     let watched = TestServer::start_with(|o| o.config = Some(policy.clone())).await;
     let enforcing = TestServer::start().await;
     let (mut w, mut e) = (watched.client().await, enforcing.client().await);
@@ -189,7 +223,8 @@ async fn policies_in_enforcement_report_are_counted_not_patched() {
     let d = fixture(DEMO, "Deployment").remove(1); // adservice: grace period 5 s
     let mut pod = calmplane::preview::pod_from_template(&d).unwrap();
     pod["metadata"]["name"] = json!("adservice-abc");
-    pod["metadata"]["annotations"] = json!({"calmplane.dev/lease-selector": "metadata.name=adservice-abc"});
+    pod["metadata"]["annotations"] =
+        json!({"calmplane.dev/lease-selector": "metadata.name=adservice-abc"});
     let r = review("enforcement-1", "CREATE", "shop", &pod, None);
 
     let full = e.mutate(&r).await.json()["response"].clone();
@@ -202,7 +237,10 @@ async fn policies_in_enforcement_report_are_counted_not_patched() {
     assert_eq!(after["spec"]["dnsConfig"], pod["spec"]["dnsConfig"]);
     assert_eq!(after["spec"]["containers"], pod["spec"]["containers"]);
     assert_eq!(after["spec"]["terminationGracePeriodSeconds"], 5);
-    assert_eq!(after["metadata"]["annotations"]["calmplane.dev/lease-selector"], "metadata.namespace=shop");
+    assert_eq!(
+        after["metadata"]["annotations"]["calmplane.dev/lease-selector"],
+        "metadata.namespace=shop"
+    );
     assert!(partial.get("warnings").is_none(), "{partial}");
 
     // Counted and logged as what the enforcing server did.
@@ -219,7 +257,10 @@ async fn policies_in_enforcement_report_are_counted_not_patched() {
     let changes: Vec<Value> = serde_json::from_str(lines[0]["changes"].as_str().unwrap()).unwrap();
     for change in &changes {
         let path = change["path"].as_str().unwrap();
-        assert!(full_after.pointer(path).is_some(), "{path} is not where /mutate writes");
+        assert!(
+            full_after.pointer(path).is_some(),
+            "{path} is not where /mutate writes"
+        );
     }
     watched.stop().await;
     enforcing.stop().await;

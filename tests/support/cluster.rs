@@ -119,7 +119,8 @@ impl Dump {
 
     /// A Lease; `holder` None leaves it released.
     pub fn lease(&mut self, namespace: &str, name: &str, duration: i64, holder: Option<&str>) {
-        let mut spec = json!({"leaseDurationSeconds": duration, "renewTime": "2027-01-15T07:59:58.000000Z"});
+        let mut spec =
+            json!({"leaseDurationSeconds": duration, "renewTime": "2027-01-15T07:59:58.000000Z"});
         if let Some(h) = holder {
             spec["holderIdentity"] = json!(h);
         }
@@ -156,18 +157,26 @@ impl Dump {
 /// every fifth pod has a lease selector and a Lease, every tenth Deployment is
 /// hot. For the bench.
 pub fn generated(namespaces: usize, deployments: usize, pods: usize) -> Dump {
-    let templates =
-        fixture("GoogleCloudPlatform__microservices-demo__release__kubernetes-manifests.yaml", "Deployment");
+    let templates = fixture(
+        "GoogleCloudPlatform__microservices-demo__release__kubernetes-manifests.yaml",
+        "Deployment",
+    );
     let mut dump = Dump::default();
     for n in 0..namespaces {
-        dump.namespace(&format!("ns-{n}"), Some(if n % 2 == 0 { "true" } else { "report" }));
+        dump.namespace(
+            &format!("ns-{n}"),
+            Some(if n % 2 == 0 { "true" } else { "report" }),
+        );
     }
     let per_deployment = pods / deployments;
     let mut pod_count = 0;
     for i in 0..deployments {
         let ns = format!("ns-{}", i % namespaces);
         let mut d = templates[i % templates.len()].clone();
-        d["metadata"]["name"] = json!(format!("{}-{i}", d["metadata"]["name"].as_str().unwrap_or("d")));
+        d["metadata"]["name"] = json!(format!(
+            "{}-{i}",
+            d["metadata"]["name"].as_str().unwrap_or("d")
+        ));
         let history: &[(i64, u64)] = if i % 10 == 0 {
             &[(7200, 1), (1800, 2), (600, 3)]
         } else {
@@ -176,7 +185,12 @@ pub fn generated(namespaces: usize, deployments: usize, pods: usize) -> Dump {
         let names = dump.deployment(&ns, &d, history, per_deployment);
         for name in names {
             if pod_count % 5 == 0 {
-                dump.annotate("Pod", &name, "calmplane.dev/lease-selector", &format!("metadata.name={name}"));
+                dump.annotate(
+                    "Pod",
+                    &name,
+                    "calmplane.dev/lease-selector",
+                    &format!("metadata.name={name}"),
+                );
                 dump.lease(&ns, &name, 10, Some(&name));
             }
             pod_count += 1;
