@@ -457,8 +457,9 @@ async fn audit_agrees_with_mutate_object_by_object() {
             webhook.sort();
             assert_eq!(response["patch"].is_string(), !webhook.is_empty());
 
-            let mut one = Dump::default();
-            one.items = namespaces.iter().map(|n| (*n).clone()).collect();
+            let mut one = Dump {
+                items: namespaces.iter().map(|n| (*n).clone()).collect(),
+            };
             one.items.push(object.clone());
             let report = run(&one, false);
             let changes = serde_json::to_value(report.changes).unwrap();

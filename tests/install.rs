@@ -1646,11 +1646,17 @@ mod register {
             ] {
                 assert_eq!(sent[key], base[key], "{key}");
             }
+            // Each webhook keeps its own path: /mutate, or /report.
+            assert_eq!(
+                sent["clientConfig"]["service"]["path"],
+                base["clientConfig"]["service"]["path"]
+            );
         }
 
         let stored = result.expect("register succeeds");
         assert_eq!(stored.metadata.resource_version.as_deref(), Some("4242"));
-        assert_eq!(stored.webhooks.map(|w| w.len()), Some(2));
+        // Pods and Deployments, each on /mutate and on /report.
+        assert_eq!(stored.webhooks.map(|w| w.len()), Some(4));
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ fn names(list: &[String], max: usize) -> String {
 }
 
 const MAX_NAMES: usize = 10;
+/// Hot Deployments listed with their evidence before the table cuts off.
+const MAX_HOT_LINES: usize = 25;
 
 /// The human table.
 pub fn table(report: &Report) -> String {
@@ -130,7 +132,9 @@ pub fn table(report: &Report) -> String {
             "\nHot Deployments (more than {} rollout(s) in the last hour; their pods share one Lease per Deployment):",
             d.hot_limit
         );
-        for h in &d.hot {
+        let mut hot: Vec<&super::HotDeployment> = d.hot.iter().collect();
+        hot.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        for h in hot.iter().take(MAX_HOT_LINES) {
             let _ = writeln!(
                 out,
                 "  {}/{}: {} rollouts, decided by {}",
@@ -140,6 +144,13 @@ pub fn table(report: &Report) -> String {
                 h.judgement.source.as_str()
             );
         }
+    }
+    if d.hot.len() > MAX_HOT_LINES {
+        let _ = writeln!(
+            out,
+            "  ... and {} more (-o json lists them all)",
+            d.hot.len() - MAX_HOT_LINES
+        );
     }
     let without: Vec<&super::NamespaceReport> = report
         .namespaces
