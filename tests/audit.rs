@@ -375,7 +375,13 @@ fn warnings_name_the_objects_and_are_grouped() {
 #[test]
 fn yaml_and_json_dumps_give_the_same_report() {
     let story = story();
-    let yaml = serde_yaml::to_string(&story.dump.list()).unwrap();
+    // JSON is YAML 1.2; the leading document marker sends it down the YAML
+    // path (the way `kubectl get -o yaml` output goes) without tying the test
+    // to a YAML serialiser.
+    let yaml = format!(
+        "---\n{}\n",
+        serde_json::to_string_pretty(&story.dump.list()).unwrap()
+    );
     let from_yaml = audit::audit(
         Inventory::from_bytes(yaml.as_bytes()).unwrap(),
         &Config::default(),
@@ -563,6 +569,15 @@ fn the_binary_answers_bad_input_with_an_error_not_a_panic() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_calmplane"))
+        .args(["audit", "--sample", "1s", "-f"])
+        .arg(&truncated)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("it needs --live"), "{stderr}");
 
     let good = dir.path().join("dump.json");
     std::fs::write(&good, &bytes).unwrap();

@@ -105,7 +105,7 @@ pub struct AuditArgs {
     #[arg(long, env = "CALMPLANE_AUDIT_LIVE")]
     pub live: bool,
     /// With --live: watch Leases this long and count real writes instead of estimating them.
-    #[arg(long, requires = "live", env = "CALMPLANE_AUDIT_SAMPLE", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "CALMPLANE_AUDIT_SAMPLE", value_parser = humantime::parse_duration)]
     pub sample: Option<Duration>,
     /// Policy file (YAML), as given to `calmplane serve`. Built-in defaults apply without one.
     #[arg(long, env = "CALMPLANE_CONFIG")]
@@ -247,6 +247,12 @@ pub struct Options {
 
 /// Run `calmplane audit` and return what it prints.
 pub fn run(args: &AuditArgs) -> Result<String, AuditError> {
+    // Checked here: clap's `requires` counts a flag's `false` default as present.
+    if args.sample.is_some() && !args.live {
+        return Err(AuditError::Other(
+            "--sample watches the cluster's Leases: it needs --live".into(),
+        ));
+    }
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
