@@ -597,3 +597,68 @@ fn the_binary_answers_bad_input_with_an_error_not_a_panic() {
         serde_json::to_value(run(&story().dump, false)).unwrap()
     );
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value of an unexpected shape.
+    fn odd() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z=,./\\\\-]{0,12}".prop_map(Value::from),
+            Just(json!([])),
+            Just(json!({})),
+            Just(json!([{"kind": "Deployment", "name": 3}])),
+            Just(json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]})),
+        ]
+    }
+
+    /// Places the audit reads.
+    const PATHS: [&str; 14] = [
+        "/metadata/labels",
+        "/metadata/annotations",
+        "/metadata/ownerReferences",
+        "/metadata/creationTimestamp",
+        "/metadata/annotations/deployment.kubernetes.io~1revision",
+        "/metadata/annotations/calmplane.dev~1rollouts",
+        "/metadata/annotations/calmplane.dev~1lease-selector",
+        "/spec",
+        "/spec/template",
+        "/spec/template/metadata/labels",
+        "/spec/selector",
+        "/spec/containers",
+        "/spec/leaseDurationSeconds",
+        "/spec/holderIdentity",
+    ];
+
+    fn set(item: &mut Value, pointer: &str, value: Value) {
+        let (parent, last) = pointer.rsplit_once('/').unwrap();
+        let last = last.replace("~1", "/");
+        if let Some(Value::Object(map)) = item.pointer_mut(parent) {
+            map.insert(last, value);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn odd_shapes_are_audited_without_a_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0..PATHS.len(), odd()), 1..12)
+        ) {
+            let mut dump = story().dump;
+            for (index, path, value) in edits {
+                let i = index.index(dump.items.len());
+                set(&mut dump.items[i], PATHS[path], value);
+            }
+            let inventory = Inventory::from_bytes(&dump.bytes()).unwrap();
+            let report = audit::audit(inventory, &Config::default(), &Options { now: NOW, ..Options::default() });
+            prop_assert!(report.is_ok());
+            let report = report.unwrap();
+            audit::render::table(&report);
+            prop_assert!(audit::render::json(&report).is_ok());
+        }
+    }
+}

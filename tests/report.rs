@@ -303,3 +303,32 @@ fn report_namespaces_go_only_to_report_and_true_only_to_mutate() {
         }
     }
 }
+
+#[tokio::test]
+async fn report_answers_bad_bodies_like_mutate() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let good = serde_json::to_vec(&review(
+        "bad-1",
+        "CREATE",
+        "shop",
+        &fixture(CUSTOM_DNS, "Pod").remove(0),
+        None,
+    ))
+    .unwrap();
+    for body in [
+        b"nope".to_vec(),
+        good[..good.len() / 2].to_vec(),
+        b"[]".to_vec(),
+    ] {
+        let mutate = c
+            .request("POST", "/mutate", "application/json", body.clone())
+            .await;
+        let report = c.request("POST", "/report", "application/json", body).await;
+        assert_eq!(report.status, 400);
+        assert_eq!(report.status, mutate.status);
+        assert_eq!(report.json(), mutate.json());
+    }
+    assert!(report_metric(&server.metrics().await).is_empty());
+    server.stop().await;
+}
