@@ -32,33 +32,61 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Why a policy file was refused. Each names the file, and the key when one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not UTF-8: YAML must be, and a lossy decode would change
+    /// what the file says.
+    #[error("policy file {path} is not UTF-8: {source}")]
+    NotUtf8 {
+        /// The file.
+        path: String,
+        /// Where the first invalid byte is.
+        source: std::str::Utf8Error,
+    },
+    /// The YAML does not parse, or has a key or value the schema refuses.
     #[error("policy file {path}: {source}")]
     Parse {
+        /// The file.
         path: String,
-        source: serde_yaml::Error,
+        /// The parser's message, with line and column.
+        source: crate::yaml::Error,
     },
+    /// A value is out of range.
     #[error("policy file {path}: {key}: {message}")]
     Invalid {
+        /// The file.
         path: String,
+        /// The key, in the file's own spelling.
         key: &'static str,
+        /// What is wrong and what is allowed.
         message: String,
     },
 }
 
+/// The whole policy file. Each section configures one policy, so a policy's
+/// constructor takes only its own section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
+    /// `lease`: which selectors to rewrite, and where the pod carries them.
     pub lease: LeaseConfig,
+    /// `rolloutHistory`: when a Deployment counts as hot.
     pub rollout_history: RolloutHistoryConfig,
+    /// `dns`: the resolver options added to pods.
     pub dns: DnsConfig,
+    /// `prestop`: how long containers wait before SIGTERM, and how.
     pub prestop: PrestopConfig,
+    /// `rollout`: only an on/off switch, kept as a section so the file's shape
+    /// is the same for every policy.
     pub rollout: RolloutConfig,
 }
 
@@ -73,6 +101,7 @@ pub enum Enforcement {
     Report,
 }
 
+/// What the `lease` policy rewrites a per-pod selector to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseMode {
@@ -82,15 +111,22 @@ pub enum LeaseMode {
     Pod,
 }
 
+/// The `lease` section. The selector can hide in three places in a pod, so
+/// each has its own list of names to look under.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LeaseConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
     /// `report` computes and counts this policy's changes without patching them.
     pub enforcement: Enforcement,
+    /// `namespace` rewrites; `pod` keeps the section but the policy does not run.
     pub mode: LeaseMode,
+    /// Pod annotation keys whose value is a lease selector.
     pub annotations: Vec<String>,
+    /// Container env var names whose `value` is a lease selector.
     pub env_names: Vec<String>,
+    /// Container flags (`--flag=SEL` or `--flag SEL`) that take a lease selector.
     pub flags: Vec<String>,
 }
 
@@ -107,9 +143,11 @@ impl Default for LeaseConfig {
     }
 }
 
+/// The `rolloutHistory` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutHistoryConfig {
+    /// Turns the policy off: Deployments are no longer marked hot, nor cooled down.
     pub enabled: bool,
     /// `report` computes and counts this policy's changes without patching them.
     pub enforcement: Enforcement,
@@ -127,15 +165,21 @@ impl Default for RolloutHistoryConfig {
     }
 }
 
+/// The `dns` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DnsConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
     /// `report` computes and counts this policy's changes without patching them.
     pub enforcement: Enforcement,
+    /// The `ndots` option written into pods: low enough that external names
+    /// skip the search path, high enough that `svc.ns` still uses it.
     pub ndots: u8,
     /// Replace an ndots the pod sets itself.
     pub r#override: bool,
+    /// Whether to add `single-request-reopen`, against the conntrack race
+    /// that loses an A or AAAA reply.
     pub single_request_reopen: bool,
 }
 
@@ -151,6 +195,8 @@ impl Default for DnsConfig {
     }
 }
 
+/// How the `prestop` policy writes its sleep: the native action needs a
+/// recent cluster, the exec form needs a shell in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrestopMode {
@@ -160,13 +206,18 @@ pub enum PrestopMode {
     Exec,
 }
 
+/// The `prestop` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PrestopConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
     /// `report` computes and counts this policy's changes without patching them.
     pub enforcement: Enforcement,
+    /// Native sleep or exec, depending on what the cluster supports.
     pub mode: PrestopMode,
+    /// How long SIGTERM is held back: long enough for endpoint removal to
+    /// reach every proxy. `i64` because that is the API's type.
     pub sleep_seconds: i64,
     /// Time the grace period must leave after the sleep for the app to drain.
     pub min_drain_seconds: i64,
@@ -184,9 +235,11 @@ impl Default for PrestopConfig {
     }
 }
 
+/// The `rollout` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
     /// `report` computes and counts this policy's changes without patching them.
     pub enforcement: Enforcement,
@@ -202,13 +255,47 @@ impl Default for RolloutConfig {
 }
 
 impl Config {
+    /// The policy file at `path`, or the built-in defaults without one. The
+    /// server's start, its hot reload and `calmplane preview` all load the
+    /// file through here and [`Config::from_bytes`], so they decode it alike.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// The `enforcement` of the section of the policy named `policy` (a
+    /// [`crate::policy::ALL`] name); `enforce` for a name it does not know.
+    pub fn enforcement(&self, policy: &str) -> Enforcement {
+        use crate::policy::{dns, lease, prestop, rollout, rollout_history};
+        match policy {
+            lease::NAME => self.lease.enforcement,
+            rollout_history::NAME => self.rollout_history.enforcement,
+            dns::NAME => self.dns.enforcement,
+            prestop::NAME => self.prestop.enforcement,
+            rollout::NAME => self.rollout.enforcement,
+            _ => Enforcement::Enforce,
+        }
+    }
+
+    /// Read and parse the policy file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Config::from_yaml(&text, &shown)
+        Config::from_bytes(&bytes, &shown)
+    }
+
+    /// Parse and validate the bytes of a policy file; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|source| ConfigError::NotUtf8 {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::from_yaml(text, path)
     }
 
     /// Parse and validate. An empty file means "all defaults".
@@ -216,7 +303,7 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str::<Option<Config>>(text)
+            crate::yaml::from_str::<Option<Config>>(text)
                 .map_err(|source| ConfigError::Parse {
                     path: path.to_string(),
                     source,
@@ -303,6 +390,15 @@ mod tests {
     }
 
     #[test]
+    fn non_utf8_files_are_refused_not_decoded_lossily() {
+        let e = Config::from_bytes(b"dns:\n  ndots: 3 # \xff\n", "p.yaml").unwrap_err();
+        assert!(matches!(e, ConfigError::NotUtf8 { .. }), "{e}");
+        assert!(e.to_string().contains("p.yaml"), "{e}");
+        let c = Config::from_bytes(b"dns:\n  ndots: 3\n", "p.yaml").unwrap();
+        assert_eq!(c.dns.ndots, 3);
+    }
+
+    #[test]
     fn partial_sections_keep_other_defaults() {
         let c = Config::from_yaml("dns:\n  ndots: 3\nprestop:\n  mode: exec\n", "p").unwrap();
         assert_eq!(c.dns.ndots, 3);
@@ -323,6 +419,15 @@ mod tests {
         assert_eq!(c.prestop.mode, PrestopMode::Exec);
         assert_eq!(c.lease.enforcement, Enforcement::Enforce);
         assert_eq!(c.rollout.enforcement, Enforcement::Enforce);
+        for entry in crate::policy::ALL {
+            let report = ["dns", "prestop"].contains(&entry.name);
+            assert_eq!(
+                c.enforcement(entry.name) == Enforcement::Report,
+                report,
+                "{}",
+                entry.name
+            );
+        }
         let e = Config::from_yaml("dns: {enforcement: watch}\n", "p")
             .unwrap_err()
             .to_string();

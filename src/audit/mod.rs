@@ -253,10 +253,7 @@ pub fn run(args: &AuditArgs) -> Result<String, AuditError> {
             "--sample watches the cluster's Leases: it needs --live".into(),
         ));
     }
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = Config::load_or_default(args.config.as_deref())?;
     let now = match &args.now {
         Some(s) => parse_now(s)?,
         None => crate::pipeline::SystemClock.now_unix(),

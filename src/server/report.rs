@@ -7,18 +7,17 @@
 //! and logged, one line per object. That is the canary: the numbers a
 //! namespace would see, without the namespace seeing anything.
 
-use super::{body_error, clip, error, kind_label, AppState};
+use super::{body_error, kind_label, ApiError, AppState, Seen, SeenRequest};
 use crate::metrics::Metrics;
 use crate::patch::{str_at, Change};
 use crate::pipeline::Outcome;
 use crate::review::{self, Summary};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Extension, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,64 +89,37 @@ pub fn record(
 }
 
 /// `POST /report`: the pipeline's verdict, counted and logged, never applied.
+/// Errors (bad bodies, panics) go through the same `ApiError` path as `/mutate`.
 pub(super) async fn report(
     State(state): State<Arc<AppState>>,
+    Extension(seen): Extension<Seen>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let m = &state.metrics;
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            m.requests
-                .with_label_values(&["unknown", "unknown", "error"])
-                .inc();
-            return body_error(rejection);
-        }
-    };
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
     let start = Instant::now();
-    let request = match review::parse(&body) {
-        Ok(request) => request,
-        Err(e) => {
-            m.requests
-                .with_label_values(&["unknown", "unknown", "error"])
-                .inc();
-            let message = clip(e.to_string());
-            tracing::warn!(error = %message, "rejected report request");
-            return error(StatusCode::BAD_REQUEST, message);
-        }
-    };
+    let request = review::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    seen.set(SeenRequest {
+        uid: request.uid.clone(),
+        kind: kind_label(&request.kind.kind),
+        operation: review::operation_label(&request.operation),
+    });
     let pipeline = state.pipeline.load();
-    let kind_hint = kind_label(&request.kind.kind);
-    let op_hint = review::operation_label(&request.operation);
-    let uid = request.uid.clone();
-    let result = catch_unwind(AssertUnwindSafe(|| review::admit(&pipeline, request)));
+    let admission = review::admit(&pipeline, request);
+    let m = &state.metrics;
     m.duration.observe(start.elapsed().as_secs_f64());
-    match result {
-        Ok((summary, _, outcome)) => {
-            m.requests
-                .with_label_values(&[kind_label(&summary.kind), summary.operation, REPORT_RESULT])
-                .inc();
-            record(
-                m,
-                &summary,
-                &outcome.object,
-                &WouldChange::everything(&outcome),
-                "/report",
-            );
-            // The same envelope as an unchanged object: no patch, no
-            // warnings about changes that were not made.
-            let body = review::response_body(&summary.uid, &Outcome::unchanged(Value::Null));
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        Err(_) => {
-            m.requests
-                .with_label_values(&[kind_hint, op_hint, "error"])
-                .inc();
-            tracing::error!(uid = %uid, kind = kind_hint, operation = op_hint, "policy panicked in report mode; server keeps serving");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal error while reporting on request {uid}"),
-            )
-        }
-    }
+    let summary = &admission.summary;
+    m.requests
+        .with_label_values(&[kind_label(&summary.kind), summary.operation, REPORT_RESULT])
+        .inc();
+    record(
+        m,
+        summary,
+        &admission.outcome.object,
+        &WouldChange::everything(&admission.outcome),
+        "/report",
+    );
+    // The envelope of an unchanged object: no patch, and no warnings about
+    // changes that were not made.
+    let body = review::response_body(&summary.uid, &Outcome::unchanged(Value::Null));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
