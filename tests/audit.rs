@@ -662,3 +662,39 @@ mod never_panics {
         }
     }
 }
+
+/// A YAML dump far past the YAML budget `preview` keeps for one request
+/// (250,000 nodes) is still read: the audit's budget grows with the input.
+#[test]
+fn a_large_yaml_dump_is_read_like_its_json() {
+    let dump = support::cluster::generated(4, 600, 3000);
+    let yaml = format!(
+        "---\n{}\n",
+        serde_json::to_string_pretty(&dump.list()).unwrap()
+    );
+    assert!(
+        calmplane::preview::parse_documents(yaml.as_bytes()).is_err(),
+        "the dump must be larger than one request's YAML budget"
+    );
+    let opts = Options {
+        now: NOW,
+        ..Options::default()
+    };
+    let from_yaml = audit::audit(
+        Inventory::from_bytes(yaml.as_bytes()).unwrap(),
+        &Config::default(),
+        &opts,
+    )
+    .unwrap();
+    let from_json = audit::audit(
+        Inventory::from_bytes(&dump.bytes()).unwrap(),
+        &Config::default(),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(from_yaml, from_json);
+    assert_eq!(
+        from_json.namespaces.iter().map(|n| n.pods).sum::<usize>(),
+        3000
+    );
+}

@@ -58,7 +58,7 @@ fn slot(api_version: &str, kind: &str) -> Option<Slot> {
 impl Inventory {
     /// Parse a List (or several, as a YAML stream) from bytes.
     pub fn from_bytes(body: &[u8]) -> Result<Inventory, AuditError> {
-        let docs = preview::parse_documents(body).map_err(AuditError::Parse)?;
+        let docs = preview::parse_large_documents(body).map_err(AuditError::Parse)?;
         Inventory::from_documents(docs)
     }
 
