@@ -208,6 +208,47 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_replaces_the_estimate() {
+        let leases = vec![
+            lease("shop", "a", 8),
+            lease("shop", "b", 8),
+            lease("n", "node", 40),
+        ];
+        let sample = Sample {
+            seconds: 10.0,
+            writes: HashMap::from([
+                (("shop".to_string(), "a".to_string()), 30),
+                (("shop".to_string(), "b".to_string()), 5),
+                // A Lease created during the sample, not in the input: not counted.
+                (("shop".to_string(), "new".to_string()), 7),
+            ]),
+        };
+        let rates = Rates::new(&leases, Some(&sample));
+        let groups = BTreeMap::from([(
+            Group::Namespace("shop".into()),
+            BTreeSet::from([
+                ("shop".to_string(), "a".to_string()),
+                ("shop".into(), "b".into()),
+            ]),
+        )]);
+        let t = totals(&leases, &rates, &groups);
+        // a 3/s, b 0.5/s, node not written in the sample.
+        assert_eq!(t.before.writes_per_second, 3.5);
+        assert!(
+            t.before.source.starts_with("sampled: writes seen in 10s"),
+            "{}",
+            t.before.source
+        );
+        // node (0) plus shop's shared Lease at a's measured 3/s.
+        assert_eq!((t.after.objects, t.after.writes_per_second), (2, 3.0));
+        assert!(
+            t.after.source.contains("at their sampled rate"),
+            "{}",
+            t.after.source
+        );
+    }
+
+    #[test]
     fn replaced_leases_collapse_into_their_group() {
         let leases = vec![
             lease("shop", "a", 8),
