@@ -168,12 +168,29 @@ impl Default for RolloutConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_bytes(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the bytes the policy came from: a
+    /// watcher compares the file with them, so that a change made after the
+    /// read, before the watch starts, is not taken as the baseline and missed.
+    pub fn load_with_bytes(path: &Path) -> Result<(Config, Vec<u8>), ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Config::from_yaml(&text, &shown)
+        let config = Config::from_bytes(&bytes, &shown)?;
+        Ok((config, bytes))
+    }
+
+    /// Parse and validate the bytes of a policy file, which must be UTF-8.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Read {
+            path: path.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Config::from_yaml(text, path)
     }
 
     /// Parse and validate. An empty file means "all defaults".

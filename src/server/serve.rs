@@ -67,6 +67,8 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tls: Arc<TlsStore>,
+    /// The policy file as it was when loaded: the watcher's baseline.
+    config_bytes: Option<Vec<u8>>,
     pub state: Arc<AppState>,
 }
 
@@ -78,9 +80,12 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 impl Server {
     pub async fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
-        let config = match &opts.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
+        let (config, config_bytes) = match &opts.config {
+            Some(path) => {
+                let (config, bytes) = Config::load_with_bytes(path)?;
+                (config, Some(bytes))
+            }
+            None => (Config::default(), None),
         };
         let tls = Arc::new(TlsStore::load(opts.tls.clone())?);
         let listener = bind(opts.listen).await?;
@@ -95,6 +100,7 @@ impl Server {
             listener,
             metrics_listener,
             tls,
+            config_bytes,
             state,
         })
     }
@@ -120,6 +126,7 @@ impl Server {
             listener,
             metrics_listener,
             tls,
+            config_bytes,
             state,
         } = self;
         let metrics = state.metrics.clone();
@@ -127,7 +134,7 @@ impl Server {
         let config_watch = opts
             .config
             .clone()
-            .map(|path| watch_config(path, opts.reload_interval, state.clone()));
+            .map(|path| watch_config(path, config_bytes, opts.reload_interval, state.clone()));
         let metrics_task = metrics_listener.map(|l| {
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, metrics_router(metrics)).await {
@@ -163,14 +170,16 @@ impl Server {
     }
 }
 
-/// Reload the policy file when it changes. An invalid file keeps the old policy.
+/// Reload the policy file when it differs from `loaded`, the bytes the
+/// current policy came from. An invalid file keeps the old policy.
 fn watch_config(
     path: PathBuf,
+    loaded: Option<Vec<u8>>,
     interval: Duration,
     state: Arc<AppState>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = std::fs::read(&path).ok();
+        let mut last = loaded;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -181,9 +190,9 @@ fn watch_config(
             if last.as_deref() == Some(&bytes[..]) {
                 continue;
             }
-            last = Some(bytes.clone());
-            let text = String::from_utf8_lossy(&bytes);
-            match Config::from_yaml(&text, &path.display().to_string()) {
+            let parsed = Config::from_bytes(&bytes, &path.display().to_string());
+            last = Some(bytes);
+            match parsed {
                 Ok(config) => {
                     state
                         .pipeline
