@@ -93,6 +93,9 @@ struct ServeArgs {
     /// Drop a connection that has not sent complete headers in this time.
     #[arg(long, env = "CALMPLANE_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     header_timeout: Duration,
+    /// Close a kept-alive connection idle this long (longer than the apiserver's 90 s).
+    #[arg(long, env = "CALMPLANE_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.into())]
+    idle_timeout: humantime::Duration,
     /// Answer 408 to a request not done in this time.
     #[arg(long, env = "CALMPLANE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -301,6 +304,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 max_connections: args.max_connections,
                 handshake_timeout: args.handshake_timeout,
                 header_read_timeout: args.header_timeout,
+                idle_timeout: args.idle_timeout.into(),
                 drain_timeout: args.drain_timeout,
             },
             request_timeout: args.request_timeout,

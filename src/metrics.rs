@@ -18,6 +18,8 @@ pub struct Metrics {
     pub policy_changes: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// TLS handshakes by outcome: connection churn, next to the request rate.
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,6 +73,17 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "calmplane_tls_handshakes_total",
+                "TLS handshakes on the webhook port by outcome (success, error, timeout, plaintext, closed).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in crate::server::listener::HANDSHAKE_OUTCOMES {
+            tls_handshakes.with_label_values(&[outcome]).reset();
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -78,6 +91,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(tls_handshakes.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -88,6 +102,7 @@ impl Metrics {
             policy_changes,
             tls_reloads,
             config_reloads,
+            tls_handshakes,
         }
     }
 

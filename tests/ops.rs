@@ -265,11 +265,9 @@ async fn the_policy_file_reloads_and_an_invalid_one_keeps_the_old_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_change_between_load_and_run_is_not_missed() {
     let dir = tempfile::tempdir().unwrap();
-    let generated = calmplane::certs::generate(&calmplane::certs::serving_names(
-        "calmplane",
-        "calmplane",
-    ))
-    .unwrap();
+    let generated =
+        calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
+            .unwrap();
     calmplane::certs::write(dir.path(), &generated).unwrap();
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, "prestop:\n  sleepSeconds: 5\n").unwrap();

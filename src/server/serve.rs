@@ -157,7 +157,15 @@ impl Server {
             tracing::info!("shutdown: no longer accepting; draining in-flight requests");
         };
         tracing::info!(listen = %opts.listen, "calmplane serving");
-        let drained = listener::serve(listener, tls, app, opts.limits.clone(), shutdown).await;
+        let drained = listener::serve(
+            listener,
+            tls,
+            app,
+            opts.limits.clone(),
+            state.metrics.clone(),
+            shutdown,
+        )
+        .await;
         tls_watch.abort();
         if let Some(t) = config_watch {
             t.abort();
