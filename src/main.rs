@@ -96,6 +96,9 @@ struct ServeArgs {
     /// Close a kept-alive connection idle this long (longer than the apiserver's 90 s).
     #[arg(long, env = "CALMPLANE_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.into())]
     idle_timeout: humantime::Duration,
+    /// Answer 503 to /mutate and /preview while requests wait longer than this for a CPU.
+    #[arg(long, env = "CALMPLANE_MAX_QUEUE_DELAY", default_value_t = Limits::default().max_queue_delay.into())]
+    max_queue_delay: humantime::Duration,
     /// Answer 408 to a request not done in this time.
     #[arg(long, env = "CALMPLANE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -305,6 +308,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 handshake_timeout: args.handshake_timeout,
                 header_read_timeout: args.header_timeout,
                 idle_timeout: args.idle_timeout.into(),
+                max_queue_delay: args.max_queue_delay.into(),
                 drain_timeout: args.drain_timeout,
             },
             request_timeout: args.request_timeout,

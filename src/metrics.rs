@@ -20,6 +20,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// TLS handshakes by outcome: connection churn, next to the request rate.
     pub tls_handshakes: IntCounterVec,
+    /// Requests answered 503 because the CPU queue was too long, by path: how
+    /// often admission control turned work away (each such pod is admitted
+    /// unmutated under `failurePolicy: Ignore`).
+    pub overloaded: IntCounterVec,
 }
 
 impl Metrics {
@@ -84,6 +88,17 @@ impl Metrics {
         for outcome in crate::server::listener::HANDSHAKE_OUTCOMES {
             tls_handshakes.with_label_values(&[outcome]).reset();
         }
+        let overloaded = IntCounterVec::new(
+            Opts::new(
+                "calmplane_overloaded_requests_total",
+                "Requests answered 503 because requests were waiting longer than --max-queue-delay for a CPU, by path.",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
+        for path in ["mutate", "preview"] {
+            overloaded.with_label_values(&[path]).reset();
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -92,6 +107,7 @@ impl Metrics {
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
             Box::new(tls_handshakes.clone()),
+            Box::new(overloaded.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -103,6 +119,7 @@ impl Metrics {
             tls_reloads,
             config_reloads,
             tls_handshakes,
+            overloaded,
         }
     }
 

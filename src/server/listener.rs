@@ -32,10 +32,13 @@
 
 use super::tls::TlsStore;
 use crate::metrics::Metrics;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -69,6 +72,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// After shutdown starts, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// When the runtime runs tasks this late (the CPU is saturated and
+    /// requests wait in line for it), `/mutate` and `/preview` answer a fast
+    /// 503 instead of adding to the line. Half the apiserver's 2 s webhook
+    /// timeout: a request served after waiting longer would likely come back
+    /// too late to be used, and its work would be wasted.
+    pub max_queue_delay: Duration,
 }
 
 /// Default for [`Limits::idle_timeout`].
@@ -82,6 +91,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(20),
+            max_queue_delay: Duration::from_secs(1),
         }
     }
 }
@@ -123,6 +133,13 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_POLITE_REFUSALS));
     let refusal = close_notify_record(&tls);
     let (stop, stop_rx) = watch::channel(Stop::Running);
+    let lag = Arc::new(Lag::new());
+    let probe = tokio::spawn(lag.clone().probe());
+    let shed = Arc::new(Shed {
+        lag,
+        limit: limits.max_queue_delay,
+        metrics: metrics.clone(),
+    });
     let limits = Arc::new(limits);
     let mut shutdown = pin!(shutdown);
     loop {
@@ -153,6 +170,7 @@ pub async fn serve(
         let acceptor = TlsAcceptor::from(tls.config());
         let service = TowerToHyperService::new(app.clone());
         let (limits, metrics, stop) = (limits.clone(), metrics.clone(), stop_rx.clone());
+        let shed = shed.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let handshake =
@@ -171,7 +189,7 @@ pub async fn serve(
             };
             metrics.tls_handshakes.with_label_values(&[label]).inc();
             if let Ok(stream) = outcome {
-                connection(stream, peer, service, &limits, stop).await;
+                connection(stream, peer, service, shed, &limits, stop).await;
             }
         });
     }
@@ -181,16 +199,16 @@ pub async fn serve(
         // Each connection task holds its slot until its close is done.
         let _ = slots.acquire_many(limits.max_connections as u32).await;
     };
-    if tokio::time::timeout(limits.drain_timeout, all_closed())
+    let drained = tokio::time::timeout(limits.drain_timeout, all_closed())
         .await
-        .is_ok()
-    {
-        return true;
+        .is_ok();
+    if !drained {
+        tracing::warn!("drain timeout reached with connections still open; closing them");
+        let _ = stop.send(Stop::Abort);
+        let _ = tokio::time::timeout(CLOSE_GRACE * 2, all_closed()).await;
     }
-    tracing::warn!("drain timeout reached with connections still open; closing them");
-    let _ = stop.send(Stop::Abort);
-    let _ = tokio::time::timeout(CLOSE_GRACE * 2, all_closed()).await;
-    false
+    probe.abort();
+    drained
 }
 
 /// How a handshake failed, for `calmplane_tls_handshakes_total{outcome}`.
@@ -289,6 +307,7 @@ async fn connection(
     stream: TlsStream<TcpStream>,
     peer: SocketAddr,
     service: TowerToHyperService<Router>,
+    shed: Arc<Shed>,
     limits: &Limits,
     mut stop: watch::Receiver<Stop>,
 ) {
@@ -304,6 +323,7 @@ async fn connection(
         let service = PhasedService {
             inner: service,
             clock: clock.clone(),
+            shed,
         };
         let conn = http.serve_connection(TokioIo::new(&mut io), service);
         drive(conn, &clock, limits, &mut stop).await
@@ -520,31 +540,134 @@ impl AsyncWrite for PhasedIo {
 }
 
 /// The router, noting when a request's head is parsed (hyper calls the
-/// service then) and when its response is ready.
-struct PhasedService<S> {
-    inner: S,
+/// service then) and when its response is ready; and the first to see a
+/// request, so where load is shed.
+struct PhasedService {
+    inner: TowerToHyperService<Router>,
     clock: Arc<Clock>,
+    shed: Arc<Shed>,
 }
 
-type BoxedResponse<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-impl<S> hyper::service::Service<hyper::Request<Incoming>> for PhasedService<S>
-where
-    S: hyper::service::Service<hyper::Request<Incoming>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxedResponse<S::Response, S::Error>;
+impl hyper::service::Service<hyper::Request<Incoming>> for PhasedService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxedResponse;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.clock.enter(Phase::Busy);
-        let response = self.inner.call(request);
         let clock = self.clock.clone();
+        if let Some(overloaded) = self.shed.check(&request) {
+            clock.enter(Phase::Idle);
+            return Box::pin(std::future::ready(Ok(overloaded)));
+        }
+        let response = hyper::service::Service::call(&self.inner, request);
         Box::pin(async move {
             let response = response.await;
             clock.enter(Phase::Idle);
             response
         })
+    }
+}
+
+/// How late the runtime runs a task that asked to wake at a given time. When
+/// the CPU is saturated, every request that has arrived waits in the same
+/// line of runnable tasks, so this is how long they wait before any of their
+/// bytes are read: a queue that cannot be seen from inside a request.
+struct Lag {
+    epoch: Instant,
+    /// When the probe is due to wake next, from `epoch`.
+    due_nanos: AtomicU64,
+    /// How late it woke last time.
+    last_nanos: AtomicU64,
+}
+
+/// How often [`Lag`] looks: often enough to see a line build up within a
+/// few requests' time, rare enough to cost nothing.
+const LAG_PROBE_EVERY: Duration = Duration::from_millis(10);
+
+impl Lag {
+    fn new() -> Lag {
+        Lag {
+            epoch: Instant::now(),
+            due_nanos: AtomicU64::new(u64::MAX),
+            last_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    async fn probe(self: Arc<Self>) {
+        loop {
+            let due = Instant::now() + LAG_PROBE_EVERY;
+            self.due_nanos.store(self.nanos(due), Ordering::Relaxed);
+            tokio::time::sleep_until(due).await;
+            let late = Instant::now().saturating_duration_since(due);
+            self.last_nanos
+                .store(late.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The wait now: how late the probe was last time, or, if it is overdue
+    /// now, how overdue (a line still growing).
+    fn current(&self) -> Duration {
+        let overdue = self
+            .nanos(Instant::now())
+            .saturating_sub(self.due_nanos.load(Ordering::Relaxed));
+        Duration::from_nanos(overdue.max(self.last_nanos.load(Ordering::Relaxed)))
+    }
+}
+
+/// Admission control: past [`Limits::max_queue_delay`], the requests that
+/// cost work get a fast 503; probes (`/healthz`, `/readyz`) never do, so that
+/// a busy pod is not restarted for being busy.
+struct Shed {
+    lag: Arc<Lag>,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Shed {
+    fn check(&self, request: &hyper::Request<Incoming>) -> Option<Response> {
+        let path = request.uri().path();
+        if !matches!(path, "/mutate" | "/preview") {
+            return None;
+        }
+        let waited = self.lag.current();
+        if waited <= self.limit {
+            return None;
+        }
+        self.metrics
+            .overloaded
+            .with_label_values(&[path.trim_start_matches('/')])
+            .inc();
+        if path == "/mutate" {
+            self.metrics
+                .requests
+                .with_label_values(&["unknown", "unknown", "overloaded"])
+                .inc();
+        }
+        let body = serde_json::json!({
+            "error": format!(
+                "overloaded: requests are waiting {} ms for a CPU (limit {} ms); try again",
+                waited.as_millis(),
+                self.limit.as_millis()
+            )
+        })
+        .to_string();
+        Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::RETRY_AFTER, "1"),
+                ],
+                body,
+            )
+                .into_response(),
+        )
     }
 }
