@@ -2,7 +2,7 @@
 #
 # calmplane container image: a release build on Debian, run on distroless.
 #
-#   docker build -t calmplane:0.1.0 .
+#   docker build -t ghcr.io/calmplane/calmplane:0.1.0 .
 #
 # The runtime image has no shell and no package manager, and runs as the
 # distroless `nonroot` user (65532), the UID the Deployment in

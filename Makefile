@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export CALMPLANE_PYTHON := $(abspath $(PY))
 
-.PHONY: run test prometheus-tools venv certs build release lint fmt deny clean bench bench-gate bench-baseline bench-measure load
+.PHONY: run test prometheus-tools venv certs build release lint fmt deny clean bench bench-gate bench-baseline bench-measure load overload
 
 run: certs/tls.crt
 	$(CARGO) run --release -- serve --log-format text
@@ -66,6 +66,8 @@ clean:
 #                        benches/baseline.json (benches/gate.py)
 #   make bench-baseline  re-measure and rewrite benches/baseline.json
 #   make load            release server under oha over TLS vs the transport floor
+#   make overload        /mutate offered 3x one core's throughput for 10 s, then normal load
+#                        (load/overload.sh; figures in load/OVERLOAD.md)
 BENCH_DIR        ?= target/bench-gate
 BENCH_GATE_ARGS  ?= --warm-up-time 0.5 --measurement-time 1.5 --sample-size 20
 
@@ -90,6 +92,9 @@ bench-baseline: bench-measure
 
 load:
 	bash load/run.sh
+
+overload:
+	bash load/overload.sh
 
 # --- resilience (soak/, fuzz/; see README "Resilience") --------------------
 #   make soak        release server over TLS on 127.0.0.1 for SOAK_SECONDS (180): 90% valid

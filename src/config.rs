@@ -281,12 +281,20 @@ impl Config {
 
     /// Read and parse the policy file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_bytes(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the bytes the policy came from: a
+    /// watcher compares the file with them, so that a change made after the
+    /// read, before the watch starts, is not taken as the baseline and missed.
+    pub fn load_with_bytes(path: &Path) -> Result<(Config, Vec<u8>), ConfigError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Config::from_bytes(&bytes, &shown)
+        let config = Config::from_bytes(&bytes, &shown)?;
+        Ok((config, bytes))
     }
 
     /// Parse and validate the bytes of a policy file; `path` names it in errors.

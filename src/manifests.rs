@@ -19,6 +19,13 @@ pub const BASE_WEBHOOK_YAML: &str = include_str!("../manifests/base/webhook.yaml
 pub const DEFAULT_NAMESPACE: &str = "calmplane";
 /// Name of the Service the base puts in front of calmplane.
 pub const DEFAULT_SERVICE: &str = "calmplane";
+/// The image repository the manifests install; kustomize `images:` overrides
+/// match on this name, so the README's example must use it too.
+pub const IMAGE_NAME: &str = "ghcr.io/calmplane/calmplane";
+/// The image the manifests install: this build's version, so a release's
+/// manifests pull that release (`manifests/base/deployment.yaml` must agree,
+/// and a test keeps it so).
+pub const IMAGE: &str = concat!("ghcr.io/calmplane/calmplane:", env!("CARGO_PKG_VERSION"));
 /// The label every namespace carries with its own name (Kubernetes 1.21+).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 

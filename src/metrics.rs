@@ -34,6 +34,12 @@ pub struct Metrics {
     /// `calmplane_config_reloads_total{result}`: a refused policy file keeps
     /// the old policy running, so the refusal must be visible.
     pub config_reloads: IntCounterVec,
+    /// TLS handshakes by outcome: connection churn, next to the request rate.
+    pub tls_handshakes: IntCounterVec,
+    /// Requests answered 503 because the CPU queue was too long, by path: how
+    /// often admission control turned work away (each such pod is admitted
+    /// unmutated under `failurePolicy: Ignore`).
+    pub overloaded: IntCounterVec,
 }
 
 impl Metrics {
@@ -96,6 +102,28 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "calmplane_tls_handshakes_total",
+                "TLS handshakes on the webhook port by outcome (success, error, timeout, plaintext, closed).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in crate::server::listener::HANDSHAKE_OUTCOMES {
+            tls_handshakes.with_label_values(&[outcome]).reset();
+        }
+        let overloaded = IntCounterVec::new(
+            Opts::new(
+                "calmplane_overloaded_requests_total",
+                "Requests answered 503 because requests were waiting longer than --max-queue-delay for a CPU, by path.",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
+        for path in ["mutate", "preview"] {
+            overloaded.with_label_values(&[path]).reset();
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -104,6 +132,8 @@ impl Metrics {
             Box::new(build_info),
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(overloaded.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -115,6 +145,8 @@ impl Metrics {
             report_changes,
             tls_reloads,
             config_reloads,
+            tls_handshakes,
+            overloaded,
         }
     }
 

@@ -261,3 +261,38 @@ async fn the_policy_file_reloads_and_an_invalid_one_keeps_the_old_policy() {
     assert_eq!(config_reloads(&server).await, (2, 4));
     assert!(server.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_between_load_and_run_is_not_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated =
+        calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
+            .unwrap();
+    calmplane::certs::write(dir.path(), &generated).unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, "prestop:\n  sleepSeconds: 5\n").unwrap();
+    let mut opts = calmplane::server::ServeOptions::default();
+    opts.tls.cert = dir.path().join("tls.crt");
+    opts.tls.key = dir.path().join("tls.key");
+    opts.listen = ([127, 0, 0, 1], 0).into();
+    opts.metrics_listen = ([127, 0, 0, 1], 0).into();
+    opts.shutdown_delay = Duration::ZERO;
+    opts.reload_interval = Duration::from_millis(100);
+    opts.config = Some(path.clone());
+    let server = opts.bind().await.unwrap();
+    // Loaded with 5; the file changes before the server runs (a ConfigMap
+    // update landing during start-up).
+    write_atomic(&path, "prestop:\n  sleepSeconds: 8\n");
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let ca = generated.ca_pem.clone();
+    eventually("the change made before run applies", || async {
+        behaviour(&mut TlsClient::connect(addr, &ca).await).await == (Some(8), true)
+    })
+    .await;
+    let _ = stop.send(());
+    assert!(running.await.unwrap());
+}

@@ -622,3 +622,191 @@ async fn mtls_client_ca_rewritten_in_place_reloads() {
     assert!(probe(&server, x_client.clone()).await.is_err());
     assert!(server.stop().await);
 }
+
+// ------------------------------------------------------ truncated files
+
+/// A chain file (leaf + intermediate) caught half-written or garbled, in every
+/// way the PEM reader alone would let through or misread. Each is refused,
+/// though its key matches its leaf.
+fn damaged_chains(leaf: &str, intermediate: &str) -> Vec<(&'static str, String)> {
+    let lines: Vec<&str> = intermediate.lines().collect();
+    let body = &lines[1..lines.len() - 1];
+    // Whole base64 lines dropped from the middle: still valid base64, no
+    // longer a certificate.
+    let shortened = format!(
+        "{}\n{}\n{}\n{}\n",
+        lines[0],
+        body[..body.len() / 2 - 1].join("\n"),
+        body[body.len() - 1],
+        lines[lines.len() - 1]
+    );
+    let broken_leaf_end = leaf.replace("-----END CERTIFICATE-----", "-----END CERTIFICATE");
+    vec![
+        (
+            "cut right after the leaf, inside the next marker",
+            format!("{leaf}-----BEGIN"),
+        ),
+        (
+            "cut right after the leaf, after the next dashes",
+            format!("{leaf}---"),
+        ),
+        (
+            "cut after the next block's first line",
+            format!("{leaf}-----BEGIN CERTIFICATE-----\n"),
+        ),
+        (
+            "cut in the middle of the second certificate",
+            format!("{leaf}{}", &intermediate[..intermediate.len() / 2]),
+        ),
+        (
+            "second certificate shortened, end line intact",
+            format!("{leaf}{shortened}"),
+        ),
+        (
+            "broken end line on the second certificate",
+            format!(
+                "{leaf}{}",
+                intermediate.replace("-----END CERTIFICATE-----", "-----END CERTIFICA")
+            ),
+        ),
+        (
+            "broken end line on the leaf",
+            format!("{broken_leaf_end}{intermediate}"),
+        ),
+        (
+            "garbled character inside the second certificate",
+            format!(
+                "{leaf}{}",
+                intermediate.replacen(
+                    body[2],
+                    &body[2].replace(|c: char| c.is_ascii_alphabetic(), "*"),
+                    1
+                )
+            ),
+        ),
+    ]
+}
+
+/// What a truncated-chain test rotates from and to.
+struct Truncation {
+    old_ca: Ca,
+    new_ca: Ca,
+    old: Pair,
+    /// Leaf signed by an intermediate under `new_ca`.
+    new: Pair,
+    intermediate: String,
+}
+
+fn truncation() -> Truncation {
+    let (old_ca, new_ca) = (root_ca("old"), root_ca("new"));
+    let intermediate = intermediate_ca("new intermediate", &new_ca);
+    Truncation {
+        old: server_leaf(&old_ca),
+        new: server_leaf(&intermediate),
+        intermediate: intermediate.pem(),
+        old_ca,
+        new_ca,
+    }
+}
+
+/// The library itself refuses each damaged chain next to its matching key,
+/// and loads the whole one: so what the server refuses below, it refuses for
+/// the damage.
+fn assert_refused_by_the_loader(t: &Truncation, dir: &Path) {
+    use calmplane::server::tls::{TlsPaths, TlsStore};
+    let (cert, key) = (dir.join("direct.crt"), dir.join("direct.key"));
+    std::fs::write(&key, &t.new.key).unwrap();
+    let paths = TlsPaths {
+        cert: cert.clone(),
+        key,
+        client_ca: None,
+    };
+    std::fs::write(&cert, format!("{}{}", t.new.cert, t.intermediate)).unwrap();
+    assert!(
+        TlsStore::load(paths.clone()).is_ok(),
+        "the whole chain loads"
+    );
+    for (what, contents) in damaged_chains(&t.new.cert, &t.intermediate) {
+        std::fs::write(&cert, contents).unwrap();
+        match TlsStore::load(paths.clone()) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => println!("{what}: {e}"),
+        }
+    }
+}
+
+/// Still the old certificate, both for new handshakes and open connections.
+async fn assert_old_kept(server: &TestServer, open: &mut TlsClient, t: &Truncation, what: &str) {
+    // The file was seen: give the watcher a few more ticks to act on it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_serving(server, &t.old_ca.pem(), &t.new_ca.pem(), what).await;
+    assert_open_connection_works(open, what).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_or_garbled_chains_rewritten_in_place_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = truncation();
+    assert_refused_by_the_loader(&t, dir.path());
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &t.old.cert).unwrap();
+    std::fs::write(&key, &t.old.key).unwrap();
+    let server = start(cert.clone(), key.clone(), None).await;
+    let mut open = TlsClient::connect(server.addr, &t.old_ca.pem()).await;
+    // The key first, as an in-place writer would: a mismatch, refused.
+    std::fs::write(&key, &t.new.key).unwrap();
+    eventually("the mismatched key is refused", || async {
+        reloads(&server).await.1 >= 1
+    })
+    .await;
+    for (what, contents) in damaged_chains(&t.new.cert, &t.intermediate) {
+        let (_, errors) = reloads(&server).await;
+        // Truncate and write, in place: the watcher may also see it empty.
+        std::fs::write(&cert, contents).unwrap();
+        eventually(&format!("refusal counted for: {what}"), || async {
+            reloads(&server).await.1 > errors
+        })
+        .await;
+        assert_old_kept(&server, &mut open, &t, what).await;
+    }
+    assert_eq!(reloads(&server).await.0, 0, "no damaged chain was taken");
+    std::fs::write(&cert, format!("{}{}", t.new.cert, t.intermediate)).unwrap();
+    eventually("the whole chain is served", || async {
+        trusting(&server, &t.new_ca.pem()).await == Ok(200)
+    })
+    .await;
+    assert_serving(&server, &t.new_ca.pem(), &t.old_ca.pem(), "whole chain").await;
+    assert!(server.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_or_garbled_chains_swapped_in_are_refused_and_each_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = truncation();
+    let mut volume = SecretVolume::create(
+        &dir.path().join("secret"),
+        &[("tls.crt", &t.old.cert), ("tls.key", &t.old.key)],
+    );
+    let server = start(volume.path("tls.crt"), volume.path("tls.key"), None).await;
+    let mut open = TlsClient::connect(server.addr, &t.old_ca.pem()).await;
+    for (n, (what, contents)) in (1u64..).zip(damaged_chains(&t.new.cert, &t.intermediate)) {
+        // Both files at once, as the kubelet swaps them: the key matches the leaf.
+        volume.swap(&[("tls.crt", &contents), ("tls.key", &t.new.key)]);
+        eventually(&format!("refusal counted for: {what}"), || async {
+            reloads(&server).await.1 >= n
+        })
+        .await;
+        assert_eq!(reloads(&server).await, (0, n), "{what}: one refusal each");
+        assert_old_kept(&server, &mut open, &t, what).await;
+    }
+    volume.swap(&[
+        ("tls.crt", &format!("{}{}", t.new.cert, t.intermediate)),
+        ("tls.key", &t.new.key),
+    ]);
+    eventually("the whole chain is served", || async {
+        trusting(&server, &t.new_ca.pem()).await == Ok(200)
+    })
+    .await;
+    assert_serving(&server, &t.new_ca.pem(), &t.old_ca.pem(), "whole chain").await;
+    assert!(server.stop().await);
+}

@@ -91,7 +91,13 @@ impl Default for ServeOptions {
 impl ServeOptions {
     /// Bind the ports and load the certificate and the policy file.
     pub async fn bind(self) -> Result<Server, ServeError> {
-        let loaded = Config::load_or_default(self.config.as_deref())?;
+        let (loaded, config_bytes) = match self.config.as_deref() {
+            Some(path) => {
+                let (config, bytes) = Config::load_with_bytes(path)?;
+                (config, Some(bytes))
+            }
+            None => (Config::default(), None),
+        };
         let tls = Arc::new(TlsStore::load(self.tls.clone())?);
         let (listener, addr) = bind(self.listen).await?;
         let (metrics_listener, metrics_addr) = bind(self.metrics_listen).await?;
@@ -104,6 +110,7 @@ impl ServeOptions {
             listener,
             metrics_listener,
             tls,
+            config_bytes,
             state,
         })
     }
@@ -119,6 +126,9 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: TcpListener,
     tls: Arc<TlsStore>,
+    /// The policy file as it was when loaded: the watcher's baseline, so a
+    /// change made between `bind` and `run` is not mistaken for the start.
+    config_bytes: Option<Vec<u8>>,
     /// Shared with every request; tests swap its pipeline and read its metrics.
     pub state: Arc<AppState>,
 }
@@ -151,6 +161,7 @@ impl Server {
             listener,
             metrics_listener,
             tls,
+            config_bytes,
             state,
             ..
         } = self;
@@ -159,7 +170,7 @@ impl Server {
         let config_watch = opts
             .config
             .clone()
-            .map(|path| watch_config(path, opts.reload_interval, state.clone()));
+            .map(|path| watch_config(path, config_bytes, opts.reload_interval, state.clone()));
         let metrics_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(metrics_listener, metrics_router(metrics)).await {
                 tracing::error!(error = %e, "metrics server failed");
@@ -180,7 +191,15 @@ impl Server {
             tracing::info!("shutdown: no longer accepting; draining in-flight requests");
         };
         tracing::info!(listen = %addr, "calmplane serving");
-        let drained = listener::serve(listener, tls, app, opts.limits.clone(), shutdown).await;
+        let drained = listener::serve(
+            listener,
+            tls,
+            app,
+            opts.limits.clone(),
+            state.metrics.clone(),
+            shutdown,
+        )
+        .await;
         tls_watch.abort();
         if let Some(t) = config_watch {
             t.abort();
@@ -191,14 +210,16 @@ impl Server {
     }
 }
 
-/// Reload the policy file when it changes. An invalid file keeps the old policy.
+/// Reload the policy file when it differs from `loaded`, the bytes the
+/// current policy came from. An invalid file keeps the old policy.
 fn watch_config(
     path: PathBuf,
+    loaded: Option<Vec<u8>>,
     interval: Duration,
     state: Arc<AppState>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = std::fs::read(&path).ok();
+        let mut last = loaded;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

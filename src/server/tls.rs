@@ -193,8 +193,13 @@ fn read_all(paths: &TlsPaths) -> Result<Vec<Vec<u8>>, TlsError> {
 fn build(paths: &TlsPaths, files: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
     let cert_path = paths.cert.display().to_string();
     let chain = parse_certs(&files[0], &cert_path)?;
+    let key_path = paths.key.display().to_string();
+    check_pem_framing(&files[1]).map_err(|message| TlsError::Pem {
+        path: key_path.clone(),
+        message,
+    })?;
     let key = PrivateKeyDer::from_pem_slice(&files[1]).map_err(|e| TlsError::Pem {
-        path: paths.key.display().to_string(),
+        path: key_path,
         message: format!("no usable private key: {e}"),
     })?;
     let builder = ServerConfig::builder_with_provider(provider())
@@ -228,16 +233,105 @@ fn build(paths: &TlsPaths, files: &[Vec<u8>]) -> Result<ServerConfig, TlsError> 
 }
 
 fn parse_certs(bytes: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_error = |message: String| TlsError::Pem {
+        path: path.to_string(),
+        message,
+    };
+    check_pem_framing(bytes).map_err(pem_error)?;
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| pem_error(e.to_string()))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_string(),
         });
     }
+    // rustls only looks inside the leaf (to match it with the key): an
+    // intermediate cut short but still valid base64 would be sent to every
+    // client as is. Each certificate must at least parse as X.509.
+    for (i, cert) in certs.iter().enumerate() {
+        webpki::EndEntityCert::try_from(cert).map_err(|e| {
+            pem_error(format!(
+                "certificate {} of {} is not a valid X.509 certificate ({e:?}); truncated or garbled?",
+                i + 1,
+                certs.len()
+            ))
+        })?;
+    }
     Ok(certs)
+}
+
+enum Marker<'a> {
+    Begin(&'a [u8]),
+    End(&'a [u8]),
+}
+
+/// `-----BEGIN LABEL-----` or `-----END LABEL-----`, whole.
+fn pem_marker(line: &[u8]) -> Option<Marker<'_>> {
+    let inner = line.strip_prefix(b"-----")?.strip_suffix(b"-----")?;
+    if let Some(label) = inner.strip_prefix(b"BEGIN ") {
+        Some(Marker::Begin(label))
+    } else {
+        inner.strip_prefix(b"END ").map(Marker::End)
+    }
+}
+
+/// Refuse a PEM file whose blocks are not all whole.
+///
+/// The PEM reader skips any line it does not recognise as a marker, so a file
+/// cut off in the middle of a `-----BEGIN` line, or whose `-----END` line is
+/// broken, can still yield the blocks before it: a certificate file caught
+/// half-written (cut right after the leaf) would be taken as a leaf-only
+/// chain. Text outside the blocks (RFC 7468 explanatory text, as `openssl`
+/// writes) is allowed, but every line that starts with a dash must be a whole
+/// marker, markers must pair up, and a block must end before the file does.
+fn check_pem_framing(bytes: &[u8]) -> Result<(), String> {
+    let mut open: Option<(&[u8], usize)> = None;
+    let mut lines = 0;
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        lines = n;
+        let line = raw.trim_ascii_end();
+        if line.first() == Some(&b'-') {
+            match (pem_marker(line), open) {
+                (Some(Marker::Begin(label)), None) => open = Some((label, n)),
+                (Some(Marker::End(label)), Some((open_label, _))) if label == open_label => {
+                    open = None
+                }
+                (Some(Marker::Begin(_)), Some((_, start))) => {
+                    return Err(format!(
+                        "line {n}: a new PEM block starts before the one from line {start} ended"
+                    ))
+                }
+                (Some(Marker::End(_)), Some((label, start))) => {
+                    return Err(format!(
+                        "line {n}: does not end the {} block from line {start}",
+                        String::from_utf8_lossy(label)
+                    ))
+                }
+                (Some(Marker::End(_)), None) => {
+                    return Err(format!("line {n}: a PEM end marker with no block open"))
+                }
+                (None, _) => {
+                    return Err(format!(
+                        "line {n}: broken PEM marker {:?}",
+                        String::from_utf8_lossy(&line[..line.len().min(64)])
+                    ))
+                }
+            }
+        } else if open.is_some()
+            && !line
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        {
+            return Err(format!("line {n}: not base64 inside a PEM block"));
+        }
+    }
+    match open {
+        Some((label, start)) => Err(format!(
+            "the {} block from line {start} is not ended by line {lines}: the file is truncated",
+            String::from_utf8_lossy(label)
+        )),
+        None => Ok(()),
+    }
 }

@@ -22,6 +22,8 @@ pub fn free_port() -> u16 {
 pub struct Process {
     child: Child,
     pub addr: SocketAddr,
+    /// The plaintext /metrics port.
+    pub metrics: SocketAddr,
     pub ca_pem: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -79,6 +81,7 @@ impl Process {
         Process {
             child,
             addr,
+            metrics,
             ca_pem: certs.ca_pem,
             log,
             _dir: dir,
@@ -125,6 +128,15 @@ impl Process {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Send a signal by name (`STOP`, `CONT`, `TERM`...) with the shell's `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
     }
 
     pub fn sigterm(&self) {
