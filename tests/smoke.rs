@@ -1,6 +1,5 @@
-mod support;
+use calmplane_testkit::harness::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn pod_create_over_tls_is_patched_and_second_pass_is_clean() {

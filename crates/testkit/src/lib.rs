@@ -1,0 +1,18 @@
+//! Test code shared by calmplane's integration tests (`tests/`), benches
+//! (`benches/`), load fixtures (`load/`), soak driver (`soak/`) and fuzz
+//! crate (`fuzz/`), as one workspace member instead of files included with
+//! `#[path]`.
+//!
+//! Everything here reads only from the repository: the upstream fixtures in
+//! `tests/fixtures/upstream` ([`corpus`]) and the Python checker in
+//! `tests/pycheck.py` ([`pychecks`]).
+
+pub mod corpus;
+pub mod fixtures;
+pub mod floor;
+pub mod fuzz_check;
+pub mod harness;
+pub mod process;
+pub mod pychecks;
+pub mod review;
+pub mod seeds;
