@@ -9,7 +9,11 @@ pub const SOURCES: &str = "SOURCES.md";
 
 /// The repository root: testkit lives in `crates/testkit`.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let testkit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    testkit
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| testkit.join("../.."), Path::to_path_buf)
 }
 
 /// The repository's `tests/fixtures/upstream` directory.
