@@ -8,7 +8,7 @@
 //! * the patch applied with the Rust `json-patch` crate gives calmplane's object;
 //! * feeding the patched object back (same operation, same oldObject) gives no patch;
 //! * at the end of the test, Python `jsonpatch` applies the patch to the
-//!   original and gets the same object (tests/check_patch.py), and the object
+//!   original and gets the same object (tests/pycheck.py), and the object
 //!   passes `kubernetes-validate --strict -k 1.34.0`.
 
 use calmplane::config::{Config, LeaseMode, PrestopMode};

@@ -1,7 +1,6 @@
 //! Test code shared by calmplane's integration tests (`tests/`), benches
 //! (`benches/`), load fixtures (`load/`), soak driver (`soak/`) and fuzz
-//! crate (`fuzz/`), as one workspace member instead of files included with
-//! `#[path]`.
+//! crate (`fuzz/`), as one workspace member instead of source files included by path.
 //!
 //! Everything here reads only from the repository: the upstream fixtures in
 //! `tests/fixtures/upstream` ([`corpus`]) and the Python checker in
