@@ -9,6 +9,7 @@
 //! `tests/fixtures/upstream` ([`corpus`]) and the Python checker in
 //! `tests/pycheck.py` ([`pychecks`]).
 
+pub mod cluster;
 pub mod corpus;
 pub mod fake_apiserver;
 pub mod fixtures;
