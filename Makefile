@@ -37,7 +37,7 @@ prometheus-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 
 lint:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
@@ -98,10 +98,10 @@ overload:
 
 # --- resilience (soak/, fuzz/; see README "Resilience") --------------------
 #   make soak        release server over TLS on 127.0.0.1 for SOAK_SECONDS (180): 90% valid
-#                    reviews from ../shared/corpus, 10% bad inputs; fails on any valid error,
+#                    reviews from tests/fixtures/upstream, 10% bad inputs; fails on any valid error,
 #                    a bad input without its 4xx, RSS +10% first->last minute, or exit != 0
 #   make fuzz        cargo-fuzz (nightly) on /mutate body bytes for FUZZ_SECONDS (300),
-#                    seeded from ../shared/corpus by fuzz/seed.sh (into git-ignored fuzz/corpus);
+#                    seeded from tests/fixtures/upstream by fuzz/seed.sh (into git-ignored fuzz/corpus);
 #                    on stable: cargo test --test properties fuzz_seed_corpus_replay
 .PHONY: soak fuzz fuzz-seed
 SOAK_SECONDS ?= 180

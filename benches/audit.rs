@@ -13,8 +13,7 @@
 //! With `CALMPLANE_AUDIT_DUMP=path` the dump is also written there, to time
 //! the binary itself.
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+use calmplane_testkit::cluster;
 
 use calmplane::audit::{self, input::Inventory, Options};
 use calmplane::config::Config;

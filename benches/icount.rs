@@ -15,10 +15,8 @@
 //! Counts are instructions per iteration (Ir). No perf counters are needed
 //! (`perf stat -e instructions` reports "not supported" on this machine).
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-
 use calmplane::pipeline::Pipeline;
+use calmplane_testkit::fixtures;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;

@@ -15,16 +15,12 @@
 //! `cargo bench --bench pipeline` runs them all; `make bench-gate` runs a
 //! short version and checks the results with `benches/gate.py`.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/floor.rs"]
-mod floor;
-
 use bytes::Bytes;
 use calmplane::pipeline::{Pipeline, Request};
 use calmplane::policy::Kind;
 use calmplane::review;
 use calmplane::server::ServeOptions;
+use calmplane_testkit::{fixtures, floor};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;

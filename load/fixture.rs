@@ -5,11 +5,9 @@
 //! load_fixture response typical-pod > response.json  # calmplane's answer to it
 //! ```
 //!
-//! The fixtures are the ones of `benches/pipeline.rs` (`benches/support/fixtures.rs`).
+//! The fixtures are the ones of `benches/pipeline.rs` (`calmplane_testkit::fixtures`).
 
-#[path = "../benches/support/fixtures.rs"]
-mod fixtures;
-
+use calmplane_testkit::fixtures;
 use std::io::Write;
 
 fn main() {

@@ -7,12 +7,10 @@
 //!
 //! Same TLS stack, HTTP/1.1 keep-alive and tokio runtime as `calmplane serve`,
 //! none of its routing, JSON, policies, metrics or logging: what is left is
-//! the cost of the transport. The server code is `benches/support/floor.rs`,
+//! the cost of the transport. The server code is `calmplane_testkit::floor`,
 //! shared with the in-process e2e bench.
 
-#[path = "../benches/support/floor.rs"]
-mod floor;
-
+use calmplane_testkit::floor;
 use std::net::SocketAddr;
 
 fn main() {

@@ -11,21 +11,23 @@
 //! Traffic goes to 127.0.0.1 only, and everything stops after `--seconds`.
 //!
 //! ```text
-//! target/release/examples/soak --server target/release/calmplane --seconds 180 --corpus ../shared/corpus
+//! target/release/examples/soak --server target/release/calmplane --seconds 180
 //! ```
-
-#[path = "../fuzz/src/seeds.rs"]
-mod seeds;
+//!
+//! The valid reviews are the fuzz seeds (`calmplane_testkit::seeds`), built
+//! from the upstream fixtures committed in `tests/fixtures/upstream`.
 
 use bytes::Bytes;
+use calmplane_testkit::harness::client_config;
+use calmplane_testkit::process::{free_port, KillOnDrop};
+use calmplane_testkit::seeds;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +40,6 @@ const UID_PLACEHOLDER: &str = "soak-uid-0000000000000";
 struct Args {
     server: PathBuf,
     seconds: u64,
-    corpus: PathBuf,
     concurrency: usize,
 }
 
@@ -46,7 +47,6 @@ fn args() -> Args {
     let mut a = Args {
         server: "target/release/calmplane".into(),
         seconds: 180,
-        corpus: "../shared/corpus".into(),
         concurrency: 4,
     };
     let mut it = std::env::args().skip(1);
@@ -55,7 +55,6 @@ fn args() -> Args {
         match flag.as_str() {
             "--server" => a.server = value.into(),
             "--seconds" => a.seconds = value.parse().expect("--seconds N"),
-            "--corpus" => a.corpus = value.into(),
             "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
             _ => panic!("unknown flag {flag}"),
         }
@@ -72,9 +71,9 @@ struct Valid {
     uid_at: usize,
 }
 
-fn valid_inputs(corpus: &Path) -> Vec<Valid> {
+fn valid_inputs() -> Vec<Valid> {
     let mut out = Vec::new();
-    for (name, body) in seeds::seeds(corpus).expect("read the corpus") {
+    for (name, body) in seeds::seeds().expect("read the corpus") {
         if calmplane::review::parse(&body).is_err() {
             continue;
         }
@@ -133,22 +132,6 @@ fn bad_inputs(valid: &[Valid]) -> Vec<Bad> {
 }
 
 // ---------------------------------------------------------------- client
-
-fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
 
 async fn connect(
     addr: SocketAddr,
@@ -410,14 +393,6 @@ async fn hostile(shared: Arc<Shared>) {
 
 // ---------------------------------------------------------------- server
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -427,17 +402,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 struct Server {
-    child: Child,
+    child: KillOnDrop,
     addr: SocketAddr,
     ca_pem: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_server(binary: &Path) -> Server {
@@ -465,7 +433,7 @@ fn start_server(binary: &Path) -> Server {
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
     Server {
-        child,
+        child: KillOnDrop(child),
         addr,
         ca_pem: certs.ca_pem,
         _dir: dir,
@@ -490,11 +458,11 @@ fn main() {
 }
 
 async fn run(args: Args) -> i32 {
-    let valid = valid_inputs(&args.corpus);
+    let valid = valid_inputs();
     assert!(
         !valid.is_empty(),
         "no valid reviews from {}",
-        args.corpus.display()
+        calmplane_testkit::corpus::corpus_dir().display()
     );
     let bad = bad_inputs(&valid);
     let mut server = start_server(&args.server);

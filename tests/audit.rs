@@ -2,13 +2,11 @@
 //! counts derived from how the dump was built, the audit held to what
 //! `/mutate` does over TLS, and bad input.
 
-mod support;
-
 use calmplane::audit::{self, input::Inventory, AuditError, Options, Report};
 use calmplane::config::Config;
+use calmplane_testkit::cluster::{fixture, Dump, NOW};
+use calmplane_testkit::harness::{review, TestServer};
 use serde_json::{json, Value};
-use support::cluster::{fixture, Dump, NOW};
-use support::{review, TestServer};
 
 const DEMO: &str = "GoogleCloudPlatform__microservices-demo__release__kubernetes-manifests.yaml";
 const METRICS_SERVER: &str = "kubernetes-sigs__metrics-server__manifests__base__deployment.yaml";
@@ -667,7 +665,7 @@ mod never_panics {
 /// (250,000 nodes) is still read: the audit's budget grows with the input.
 #[test]
 fn a_large_yaml_dump_is_read_like_its_json() {
-    let dump = support::cluster::generated(4, 600, 3000);
+    let dump = calmplane_testkit::cluster::generated(4, 600, 3000);
     let yaml = format!(
         "---\n{}\n",
         serde_json::to_string_pretty(&dump.list()).unwrap()

@@ -1,4 +1,4 @@
-//! Every real manifest in `../shared/corpus/` through `/mutate` over real TLS.
+//! Every real manifest in `tests/fixtures/upstream/` through `/mutate` over real TLS.
 //!
 //! Pods go in directly; Deployments as a CREATE (and an UPDATE that changes the
 //! image); every workload's pod template as a Pod. The corpus is read by
@@ -7,12 +7,11 @@
 //! `kubernetes-validate --strict`), then fed back for a second pass that must
 //! yield no patch.
 
-mod support;
-
+use calmplane_testkit::harness::*;
+use calmplane_testkit::pychecks;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::process::Command;
-use support::*;
 
 /// One patched object, for the independent checker.
 struct Case {
@@ -28,7 +27,7 @@ struct Case {
 fn load_corpus(dir: &std::path::Path) -> Vec<(String, Value)> {
     let out = dir.join("corpus.json");
     let status = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pycheck.py"))
+        .arg(pychecks::script())
         .arg("load")
         .arg(corpus_dir())
         .arg(&out)
@@ -55,20 +54,14 @@ fn checker(dir: &std::path::Path, cases: &[Case]) -> (bool, String) {
     let json: Vec<Value> = cases
         .iter()
         .map(|c| {
+            // Upstream manifests may carry their own placeholder errors:
+            // only the errors a patch adds count.
+            let validate = if c.validate { "new" } else { "none" };
             json!({"name": c.name, "original": c.original, "patch": c.patch,
-                   "patched": c.patched, "validate": c.validate})
+                   "patched": c.patched, "validate": validate})
         })
         .collect();
-    let path = dir.join("cases.json");
-    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
-    let output = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pycheck.py"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .expect("run pycheck.py");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    (output.status.success(), text)
+    pychecks::check_cases(dir, &json)
 }
 
 const WORKLOADS: &[&str] = &[
@@ -527,5 +520,26 @@ fn pycheck_rejects_bad_patches() {
         validate: false,
     };
     let (ok, report) = checker(dir.path(), &[lying]);
+    assert!(!ok && report.contains("differs"), "{report}");
+
+    // An error the original already had: tolerated for upstream manifests
+    // ("new"), refused for objects a test wrote itself ("all", PyChecks).
+    let mut flawed = pod.clone();
+    flawed["spec"]["bogus"] = json!(1);
+    let patch = json!([{"op": "add", "path": "/metadata/labels", "value": {"a": "b"}}]);
+    let patched = apply_patch(&flawed, &patch);
+    let case = |validate: &str| {
+        json!({"name": format!("inherited error, {validate}"), "original": flawed,
+               "patch": patch, "patched": patched, "validate": validate})
+    };
+    let (ok, report) = pychecks::check_cases(dir.path(), &[case("new")]);
+    assert!(ok, "an inherited error must not count as new: {report}");
+    let (ok, report) = pychecks::check_cases(dir.path(), &[case("all")]);
+    assert!(!ok && report.contains("bogus"), "{report}");
+    // A type-only difference (1 vs 1.0) is a difference.
+    let numeric = json!({"name": "1.0 is not 1", "original": pod, "validate": "none",
+        "patch": [{"op": "add", "path": "/spec/terminationGracePeriodSeconds", "value": 1}],
+        "patched": apply_patch(&pod, &json!([{"op": "add", "path": "/spec/terminationGracePeriodSeconds", "value": 1.0}]))});
+    let (ok, report) = pychecks::check_cases(dir.path(), &[numeric]);
     assert!(!ok && report.contains("differs"), "{report}");
 }

@@ -1,14 +1,14 @@
 //! The HTTP contract of issue #2, over real TLS: `/mutate`, `/preview`,
 //! `/healthz`, `/readyz`, the metrics port and `calmplane preview`.
 
-mod support;
-
 use base64::Engine as _;
 use calmplane::config::{DnsConfig, PrestopConfig};
 use calmplane::patch::Mutation;
 use calmplane::pipeline::{FixedClock, Pipeline};
 use calmplane::policy::{dns::Dns, prestop::Prestop, Context, Kind, Policy};
 use calmplane::{LEASE_SELECTOR_ANNOTATION, SKIP_ANNOTATION};
+use calmplane_testkit::harness::*;
+use calmplane_testkit::pychecks::PyChecks;
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use support::pychecks::PyChecks;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1024 * 1024;

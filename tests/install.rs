@@ -41,7 +41,7 @@ fn calmplane() -> Command {
     Command::new(env!("CARGO_BIN_EXE_calmplane"))
 }
 
-/// The test venv's Python (`make venv`), as tests/support does; not shared
+/// The test venv's Python (`make venv`), as the testkit harness does; not shared
 /// with it so that this file does not depend on the TLS test harness.
 fn python() -> PathBuf {
     std::env::var_os("CALMPLANE_PYTHON")

@@ -7,16 +7,17 @@
 //!
 //! The long idle test waits 100 s of real time; the others run beside it.
 
-mod support;
-
 use calmplane::server::listener::Limits;
+use calmplane_testkit::harness::*;
+use calmplane_testkit::process::Process;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::process::Process;
-use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+/// The binary under test.
+const CALMPLANE: &str = env!("CARGO_BIN_EXE_calmplane");
 
 /// How late a timer may fire on two busy CI cores and still pass.
 const SLACK: Duration = Duration::from_secs(4);
@@ -295,6 +296,7 @@ async fn handshakes_are_counted_by_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_connections_with_close_notify() {
     let mut process = Process::start(
+        CALMPLANE.as_ref(),
         "json",
         &["--shutdown-delay", "500ms", "--drain-timeout", "5s"],
     )

@@ -4,12 +4,10 @@
 //! cap. Then all of them at once while a well-behaved client measures its
 //! latency.
 
-mod support;
-
+use calmplane_testkit::harness::*;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

@@ -3,12 +3,13 @@
 //! the policy file reloading on change with an invalid file keeping the old
 //! policy.
 
-mod support;
-
+use calmplane_testkit::harness::*;
+use calmplane_testkit::process::Process;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::process::Process;
-use support::*;
+
+/// The binary under test, built by cargo for this test.
+const CALMPLANE: &str = env!("CARGO_BIN_EXE_calmplane");
 
 /// Strings that appear only inside the admitted object: they must never
 /// reach the log.
@@ -42,7 +43,7 @@ fn assert_no_marker(log: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_admission_fields_and_never_the_object() {
-    let process = Process::start("json", &["--shutdown-delay", "0s"]).await;
+    let process = Process::start(CALMPLANE.as_ref(), "json", &["--shutdown-delay", "0s"]).await;
     let mut client = TlsClient::connect(process.addr, &process.ca_pem).await;
     let reply = client.mutate(&marked_review("uid-json-1")).await;
     assert!(decode_response(&reply).1.is_some());
@@ -109,7 +110,7 @@ async fn json_logs_carry_the_admission_fields_and_never_the_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_one_line_per_admission() {
-    let process = Process::start("text", &["--shutdown-delay", "0s"]).await;
+    let process = Process::start(CALMPLANE.as_ref(), "text", &["--shutdown-delay", "0s"]).await;
     let mut client = TlsClient::connect(process.addr, &process.ca_pem).await;
     client.mutate(&marked_review("uid-text-1")).await;
     let line = process.wait_for_line("uid-text-1").await;
@@ -134,7 +135,7 @@ async fn text_logs_are_one_line_per_admission() {
 /// (and the 400 answer) stay short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_bodies_do_not_flood_the_log() {
-    let process = Process::start("json", &["--shutdown-delay", "0s"]).await;
+    let process = Process::start(CALMPLANE.as_ref(), "json", &["--shutdown-delay", "0s"]).await;
     let mut client = TlsClient::connect(process.addr, &process.ca_pem).await;
     let huge = format!("{}{}", MARKERS[0], "x".repeat(512 * 1024));
     let bodies = [

@@ -6,12 +6,13 @@
 //! while requests arrive, as CFS throttling or a noisy neighbour would, then
 //! resumed. Throughput under load is measured by `make overload`, not here.
 
-mod support;
-
+use calmplane_testkit::harness::*;
+use calmplane_testkit::process::Process;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::process::Process;
-use support::*;
+
+/// The binary under test.
+const CALMPLANE: &str = env!("CARGO_BIN_EXE_calmplane");
 
 fn pod_review(uid: &str) -> Vec<u8> {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"},
@@ -39,7 +40,7 @@ async fn metrics(process: &Process) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_waited_past_the_queue_limit_get_a_fast_503_and_are_counted() {
-    let process = Process::start("json", &["--max-queue-delay", "200ms"]).await;
+    let process = Process::start(CALMPLANE.as_ref(), "json", &["--max-queue-delay", "200ms"]).await;
     let (addr, ca) = (process.addr, process.ca_pem.clone());
     let mut mutate = TlsClient::connect(addr, &ca).await;
     let mut probe = TlsClient::connect(addr, &ca).await;

@@ -8,20 +8,18 @@
 //! * the patch applied with the Rust `json-patch` crate gives calmplane's object;
 //! * feeding the patched object back (same operation, same oldObject) gives no patch;
 //! * at the end of the test, Python `jsonpatch` applies the patch to the
-//!   original and gets the same object (tests/check_patch.py), and the object
+//!   original and gets the same object (tests/pycheck.py), and the object
 //!   passes `kubernetes-validate --strict -k 1.34.0`.
-
-mod support;
 
 use calmplane::config::{Config, LeaseMode, PrestopMode};
 use calmplane::pipeline::{FixedClock, Outcome, Pipeline, Request};
 use calmplane::policy::Kind;
 use calmplane::SKIP_ANNOTATION;
 use calmplane::{LEASE_SCOPE_ANNOTATION, LEASE_SELECTOR_ANNOTATION, ROLLOUTS_ANNOTATION};
+use calmplane_testkit::harness::*;
+use calmplane_testkit::pychecks::PyChecks;
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
-use support::pychecks::PyChecks;
-use support::*;
 
 /// The fixed "now" of the in-process cases (2025-12-29T09:20:00Z).
 const NOW: i64 = 1_767_000_000;

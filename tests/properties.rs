@@ -32,14 +32,10 @@
 //! A replay of the fuzz target's seed corpus, plus mutated variants, runs
 //! the same check as `fuzz/fuzz_targets/mutate.rs` on stable Rust.
 
-#[path = "../fuzz/src/check.rs"]
-mod fuzz_check;
-#[path = "../fuzz/src/seeds.rs"]
-mod fuzz_seeds;
-
 use calmplane::config::{Config, PrestopMode};
 use calmplane::pipeline::{FixedClock, Pipeline, Request};
 use calmplane::policy::Kind;
+use calmplane_testkit::{fuzz_check, seeds as fuzz_seeds};
 use kube::core::admission::Operation;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -845,11 +841,10 @@ fn hand_picked_shapes() {
 }
 
 /// The fuzz target's check over its seed corpus (built from
-/// `../shared/corpus/`) and mutated variants of each seed, on stable Rust.
+/// `tests/fixtures/upstream/`) and mutated variants of each seed, on stable Rust.
 #[test]
 fn fuzz_seed_corpus_replay() {
-    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    let seeds = fuzz_seeds::seeds(&corpus).expect("seed corpus");
+    let seeds = fuzz_seeds::seeds().expect("seed corpus");
     assert!(seeds.len() >= 40, "only {} seeds", seeds.len());
     let mut runs = 0usize;
     let mut rng = fuzz_seeds::XorShift::new(0x5eed_5eed);

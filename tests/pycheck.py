@@ -1,15 +1,28 @@
-"""Independent checks for calmplane's patches, run by tests/corpus.rs.
+"""Independent checks for calmplane's patches: the one Python checker of the
+tests, run by tests/corpus.rs and by PyChecks (crates/testkit/src/pychecks.rs,
+used by tests/policies.rs and tests/http_api.rs).
 
 Written against other people's implementations on purpose:
 
 * YAML is read with PyYAML (YAML 1.1, as kubectl reads it: `0640` is octal),
   so the corpus reaches the webhook the way `kubectl apply` would send it;
-* patches are applied with `jsonpatch` (RFC 6902, Python), not our json-patch crate;
+* patches are applied with `jsonpatch` (RFC 6902, Python), not our json-patch
+  crate, and the result must equal calmplane's object exactly: JSON types
+  count (`"2"` is not `2`, `1` is not `1.0` or `true`), key order does not;
 * patched objects are validated with `kubernetes-validate --strict` schemas.
 
 Usage:
     pycheck.py load CORPUS_DIR OUT.json   # every document of every file, as JSON
     pycheck.py check CASES.json           # apply + validate; exit 1 on any failure
+
+CASES.json is a list of {"name", "original", "patch", "patched", "validate"}:
+`patch` applied to `original` must give `patched`, and `validate` says how the
+patched object is validated:
+
+    "none"  not at all (placeholder-filled round-trip fixtures);
+    "new"   no schema error that `original` did not already have (real
+            upstream manifests: their templating placeholders are not ours);
+    "all"   no schema error at all (objects a test wrote itself).
 """
 
 import datetime
@@ -43,9 +56,15 @@ def _json_default(value):
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+# The attribution file beside the fixtures: documentation, not a fixture.
+SOURCES = "SOURCES.md"
+
+
 def load(corpus_dir, out_path):
     docs = []
     for name in sorted(os.listdir(corpus_dir)):
+        if name == SOURCES:
+            continue
         path = os.path.join(corpus_dir, name)
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -86,30 +105,57 @@ def schema_errors(obj):
     }
 
 
+def canonical(value):
+    # json.dumps keeps the distinctions Python's == erases (1 == True == 1.0).
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+VALIDATE = ("none", "new", "all")
+
+
 def check(cases_path):
     with open(cases_path, encoding="utf-8") as f:
         cases = json.load(f)
+    if not cases:
+        print(f"no cases in {cases_path}")
+        return 1
     failures = []
     applied = validated = 0
     for case in cases:
         name = case["name"]
         original, ops, expected = case["original"], case["patch"], case["patched"]
+        validate = case["validate"]
+        if validate not in VALIDATE:
+            failures.append(f"{name}: validate must be one of {VALIDATE}, not {validate!r}")
+            continue
+        if not isinstance(ops, list) or not ops:
+            failures.append(f"{name}: patch is not a non-empty JSON array")
+            continue
         try:
             patched = jsonpatch.apply_patch(original, ops)
         except Exception as e:  # any failure to apply is a defect
-            failures.append(f"{name}: python jsonpatch cannot apply the patch: {e}")
+            failures.append(f"{name}: python jsonpatch cannot apply the patch: {e!r}")
             continue
         applied += 1
-        if patched != expected:
-            failures.append(f"{name}: python jsonpatch result differs from the Rust result")
+        if canonical(patched) != canonical(expected):
+            failures.append(
+                f"{name}: python jsonpatch result differs from the Rust result\n"
+                f"  python: {canonical(patched)}\n  rust:   {canonical(expected)}"
+            )
             continue
-        if not case.get("validate"):
+        if validate == "none":
+            continue
+        try:
+            errors = schema_errors(patched)
+            if validate == "new":
+                # Errors the manifest already had (placeholder values in
+                # templated upstream files) are not ours; every new error is.
+                errors -= schema_errors(original)
+        except Exception as e:  # no schema for the kind is a failure, not a skip
+            failures.append(f"{name}: kubernetes-validate --strict ({K8S_VERSION}) cannot validate it: {e!r}")
             continue
         validated += 1
-        # Errors the manifest already had (placeholder values in templated
-        # upstream files) are not ours; every new error is.
-        new = schema_errors(patched) - schema_errors(original)
-        for path, message in sorted(new):
+        for path, message in sorted(errors):
             failures.append(f"{name}: kubernetes-validate --strict ({K8S_VERSION}): {path}: {message}")
     for failure in failures:
         print("FAIL", failure)

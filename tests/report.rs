@@ -3,18 +3,16 @@
 //! `enforcement: report` are counted but left out of `/mutate`'s patch; and
 //! the webhook configuration sends `report` namespaces only to `/report`.
 
-mod support;
-
 use base64::Engine as _;
 use calmplane::manifests::{webhook_configuration, WebhookOptions};
+use calmplane_testkit::cluster::fixture;
+use calmplane_testkit::harness::{review, TestServer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use support::cluster::fixture;
-use support::{review, TestServer};
 
 const DEMO: &str = "GoogleCloudPlatform__microservices-demo__release__kubernetes-manifests.yaml";
 const LIFECYCLE: &str = "kubernetes__website__content__en__examples__pods__lifecycle-events.yaml";

@@ -9,15 +9,16 @@
 //! before the delay ends (by then, endpoints no longer list the pod), and one
 //! slow request is still uploading when the listener closes; it must complete.
 
-mod support;
-
+use calmplane_testkit::harness::*;
+use calmplane_testkit::process::Process;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::process::Process;
-use support::*;
+
+/// The binary under test, built by cargo for this test.
+const CALMPLANE: &str = env!("CARGO_BIN_EXE_calmplane");
 use tokio::io::AsyncWriteExt;
 
 fn pod_review(uid: &str) -> Vec<u8> {
@@ -131,6 +132,7 @@ async fn sigterm_fails_readiness_keeps_serving_then_drains_and_exits_zero() {
     const DELAY: Duration = Duration::from_secs(2);
     const DRAIN: Duration = Duration::from_secs(10);
     let mut process = Process::start(
+        CALMPLANE.as_ref(),
         "json",
         &["--shutdown-delay", "2s", "--drain-timeout", "10s"],
     )
@@ -232,6 +234,7 @@ async fn sigterm_fails_readiness_keeps_serving_then_drains_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_longer_than_the_drain_timeout_does_not_hold_the_exit() {
     let mut process = Process::start(
+        CALMPLANE.as_ref(),
         "json",
         &["--shutdown-delay", "200ms", "--drain-timeout", "1s"],
     )

@@ -1,9 +1,8 @@
 //! The shortest path through calmplane: one Pod CREATE over real TLS, patched, and a
 //! second pass over the patched Pod that changes nothing.
 
-mod support;
+use calmplane_testkit::harness::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn pod_create_over_tls_is_patched_and_second_pass_is_clean() {

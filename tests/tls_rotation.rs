@@ -8,8 +8,7 @@
 //! refuses clients without a certificate or with one from another CA, and its
 //! CA file reloads the same way.
 
-mod support;
-
+use calmplane_testkit::harness::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
@@ -20,7 +19,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 
 // ---------------------------------------------------------------- PKI
 

@@ -1,14 +1,14 @@
-//! Write the seed corpus for the `mutate` fuzz target.
+//! Write the seed corpus for the `mutate` fuzz target, built from the
+//! upstream fixtures in `tests/fixtures/upstream`.
 //!
-//! cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus -- ../shared/corpus fuzz/corpus/mutate
+//! cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus -- fuzz/corpus/mutate
 use std::path::PathBuf;
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args_os().skip(1).map(PathBuf::from);
-    let corpus = args.next().unwrap_or_else(|| "../shared/corpus".into());
     let out = args.next().unwrap_or_else(|| "fuzz/corpus/mutate".into());
     std::fs::create_dir_all(&out)?;
-    let seeds = calmplane_fuzz::seeds::seeds(&corpus)?;
+    let seeds = calmplane_testkit::seeds::seeds()?;
     for (name, body) in &seeds {
         let file: String = name
             .chars()

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    calmplane_fuzz::check::check_mutate_body(data);
+    calmplane_testkit::fuzz_check::check_mutate_body(data);
 });

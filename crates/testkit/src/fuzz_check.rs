@@ -1,6 +1,5 @@
 //! What must hold for any `/mutate` body: the function the fuzz target and
 //! the stable replay test both call.
-#![allow(dead_code)]
 
 use base64::Engine as _;
 use calmplane::config::Config;

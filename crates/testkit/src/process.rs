@@ -1,11 +1,11 @@
 //! The real `calmplane` binary as a child process: `calmplane serve` on
 //! loopback ports with its own dev certificates, its stderr (the log) in a
 //! file, killed on drop if a test fails half-way.
-#![allow(dead_code)]
 
-use super::{client_config, TlsClient};
+use crate::harness::{client_config, TlsClient};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,33 +18,54 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A child process that is killed and reaped on drop, so that a test or a
+/// driver that panics half-way leaves no server behind.
+pub struct KillOnDrop(pub Child);
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The calmplane binary, killed on drop.
 pub struct Process {
-    child: Child,
+    child: KillOnDrop,
+    /// The HTTPS address the child was told to listen on.
     pub addr: SocketAddr,
     /// The plaintext /metrics port.
     pub metrics: SocketAddr,
+    /// The CA of the child's dev certificates: clients trust only this.
     pub ca_pem: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Process {
-    /// Start `calmplane --log-format LOG_FORMAT serve --listen .. --metrics-listen ..
+    /// Start `BIN --log-format LOG_FORMAT serve --listen .. --metrics-listen ..
     /// --cert .. --key .. SERVE_ARGS` at log level info, and wait for
-    /// /healthz. The ports are picked here and bound by the child; another
-    /// process could take one in between, so a failed start is retried with
-    /// new ports.
-    pub async fn start(log_format: &str, serve_args: &[&str]) -> Process {
+    /// /healthz. `bin` is the calmplane binary under test
+    /// (`env!("CARGO_BIN_EXE_calmplane")` in an integration test). The ports
+    /// are picked here and bound by the child; another process could take one
+    /// in between, so a failed start is retried with new ports.
+    pub async fn start(bin: &Path, log_format: &str, serve_args: &[&str]) -> Process {
         for attempt in 1..=5 {
-            let mut process = Process::spawn(log_format, serve_args);
+            let mut process = Process::spawn(bin, log_format, serve_args);
             if process.wait_healthy().await {
                 return process;
             }
@@ -53,7 +74,7 @@ impl Process {
         panic!("calmplane did not start");
     }
 
-    fn spawn(log_format: &str, serve_args: &[&str]) -> Process {
+    fn spawn(bin: &Path, log_format: &str, serve_args: &[&str]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let certs =
             calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
@@ -62,7 +83,7 @@ impl Process {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log = dir.path().join("calmplane.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_calmplane"))
+        let child = Command::new(bin)
             .args(["--log-format", log_format, "serve"])
             .args(["--listen", &addr.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
@@ -79,7 +100,7 @@ impl Process {
             .spawn()
             .expect("start calmplane");
         Process {
-            child,
+            child: KillOnDrop(child),
             addr,
             metrics,
             ca_pem: certs.ca_pem,
@@ -139,6 +160,7 @@ impl Process {
         assert!(status.success());
     }
 
+    /// Send SIGTERM to the child, as the kubelet does on pod deletion.
     pub fn sigterm(&self) {
         // The shell's own `kill`: no dependency on procps or libc.
         let status = Command::new("sh")

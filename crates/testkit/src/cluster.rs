@@ -1,19 +1,16 @@
 //! A cluster dump, as `kubectl get pods,deployments,replicasets,leases,namespaces,poddisruptionbudgets -A -o json`
 //! would print it, built from real manifests in tests/fixtures/upstream.
-//! Shared by the audit tests and (through `#[path]`) the audit bench.
-#![allow(dead_code)]
+//! Shared by the audit tests and the audit bench.
 
+use crate::corpus::corpus_file;
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// A fixed "now" for every dump: 2027-01-15T08:00:00Z.
 pub const NOW: i64 = 1_800_000_000;
 
 /// A fixture's objects of `kind`.
 pub fn fixture(name: &str, kind: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/upstream")
-        .join(name);
+    let path = corpus_file(name);
     let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     calmplane::preview::parse_documents(&body)
         .expect("fixture parses")
@@ -33,14 +30,17 @@ pub fn ago(seconds_ago: i64) -> String {
 /// The items of the List being built.
 #[derive(Default)]
 pub struct Dump {
+    /// The objects, in the order they were added (the List's `items`).
     pub items: Vec<Value>,
 }
 
 impl Dump {
+    /// The dump as a `v1` `List`, as `kubectl get -o json` prints it.
     pub fn list(&self) -> Value {
         json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": self.items})
     }
 
+    /// [`Dump::list`] serialised, as the file a user would hand to `audit`.
     pub fn bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.list()).expect("serialise")
     }

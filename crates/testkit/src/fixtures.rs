@@ -1,8 +1,8 @@
 //! AdmissionReview request bodies for the benches and the load test, built
-//! from the read-only corpus in `../shared/corpus/upstream`.
+//! from the upstream fixtures in `tests/fixtures/upstream` ([`crate::corpus`]).
 //!
 //! Shared by `benches/pipeline.rs`, `benches/icount.rs` and
-//! `load/fixture.rs` through `#[path]`, so all three measure the same bytes.
+//! `load/fixture.rs`, so all three measure the same bytes.
 //!
 //! | name                | what                                                          |
 //! |---------------------|---------------------------------------------------------------|
@@ -11,20 +11,22 @@
 //! | `all-fields-pod`    | kubernetes/api `testdata/HEAD/core.v1.Pod.json` (every field) |
 //! | `deployment-update` | kubernetes/api `apps.v1.Deployment.json`, UPDATE, template changed |
 //! | `lease-pod`         | `typical-pod` plus lease selectors in annotation, env and args |
-#![allow(dead_code)]
 
+use crate::corpus::corpus_dir;
 use serde_json::{json, Value};
 
 // The same AdmissionReview builder the integration tests use.
-#[path = "../../tests/support/review.rs"]
-mod review;
-pub use review::review;
-use std::path::PathBuf;
+pub use crate::review::review;
 
+/// Name of the fixture with one container and nothing else.
 pub const SMALL_POD: &str = "small-pod";
+/// Name of the microservices-demo `frontend` template as a Pod.
 pub const TYPICAL_POD: &str = "typical-pod";
+/// Name of the kubernetes/api every-field Pod.
 pub const ALL_FIELDS_POD: &str = "all-fields-pod";
+/// Name of the kubernetes/api Deployment UPDATE with a changed template.
 pub const DEPLOYMENT_UPDATE: &str = "deployment-update";
+/// Name of `typical-pod` with lease selectors in annotation, env and args.
 pub const LEASE_POD: &str = "lease-pod";
 
 /// Every fixture, in report order.
@@ -36,22 +38,15 @@ pub const NAMES: [&str; 5] = [
     LEASE_POD,
 ];
 
+/// One bench fixture: a request body and what it must exercise.
 pub struct Fixture {
+    /// One of [`NAMES`]: the bench id's suffix.
     pub name: &'static str,
     /// The AdmissionReview request, serialised compactly as the apiserver does.
     pub body: Vec<u8>,
     /// Policies that must show up in the response's audit annotation: a
     /// fixture that silently stops exercising its path is a broken bench.
     pub expect_policies: &'static [&'static str],
-}
-
-/// `../shared/corpus/upstream`, or `$CALMPLANE_CORPUS`.
-pub fn corpus_dir() -> PathBuf {
-    std::env::var_os("CALMPLANE_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/upstream")
-        })
 }
 
 fn read(name: &str) -> String {
@@ -179,6 +174,7 @@ fn expected(name: &str) -> &'static [&'static str] {
     }
 }
 
+/// Fixture `name` (one of [`NAMES`]); panics on an unknown name.
 pub fn fixture(name: &str) -> Fixture {
     let name = NAMES
         .iter()
@@ -192,6 +188,7 @@ pub fn fixture(name: &str) -> Fixture {
     }
 }
 
+/// Every fixture, in report order.
 pub fn all() -> Vec<Fixture> {
     NAMES.iter().map(|n| fixture(n)).collect()
 }

@@ -1,7 +1,6 @@
 //! Shared test helpers: a real calmplane server on a loopback TLS socket, a
 //! kept-alive TLS client that trusts only a given CA, and AdmissionReview
 //! builders. Every integration test talks to the server through real sockets.
-#![allow(dead_code)]
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -19,35 +18,28 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-pub mod cluster;
-pub mod process;
-pub mod pychecks;
-pub mod review;
-
-pub use review::review;
-
-/// The repository's `../shared/corpus/upstream` directory.
-pub fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/upstream")
-}
-
-pub fn corpus_file(name: &str) -> PathBuf {
-    corpus_dir().join(name)
-}
+pub use crate::corpus::{corpus_dir, corpus_file};
+pub use crate::review::review;
 
 /// A running server with its own dev certificates in a temp dir.
 pub struct TestServer {
+    /// The HTTPS port the tests connect to (ephemeral, on 127.0.0.1).
     pub addr: SocketAddr,
+    /// The plaintext metrics port, when the test's options kept one.
     pub metrics_addr: Option<SocketAddr>,
+    /// The CA that signed the serving certificate: clients trust only this.
     pub ca_pem: String,
+    /// Holds the certificates (and whatever files a test adds); removed on drop.
     pub dir: tempfile::TempDir,
     /// The server's shared state: tests may swap its pipeline.
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The server task: resolves to `Server::run`'s result after shutdown.
     pub handle: tokio::task::JoinHandle<bool>,
 }
 
 impl TestServer {
+    /// Start with the default options (ephemeral ports, no shutdown delay).
     pub async fn start() -> TestServer {
         TestServer::start_with(|_| {}).await
     }
@@ -85,6 +77,7 @@ impl TestServer {
         }
     }
 
+    /// A new kept-alive HTTPS connection that trusts only this server's CA.
     pub async fn client(&self) -> TlsClient {
         TlsClient::connect(self.addr, &self.ca_pem).await
     }
@@ -143,13 +136,18 @@ pub struct TlsClient {
     send: SendRequest<Full<Bytes>>,
 }
 
+/// One HTTP response, read whole.
 pub struct Reply {
+    /// The HTTP status code.
     pub status: u16,
+    /// The `content-type` header, empty when absent.
     pub content_type: String,
+    /// The whole body.
     pub body: Bytes,
 }
 
 impl Reply {
+    /// The body as JSON; panics with the body when it is not.
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -159,18 +157,21 @@ impl Reply {
         })
     }
 
+    /// The body as text (lossy UTF-8).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 impl TlsClient {
+    /// Connect to `addr`, trusting only `ca_pem`; panics on failure.
     pub async fn connect(addr: SocketAddr, ca_pem: &str) -> TlsClient {
         TlsClient::try_connect(addr, client_config(ca_pem))
             .await
             .expect("TLS connect")
     }
 
+    /// Connect to `addr` with `config` (TLS as `localhost`), returning the error.
     pub async fn try_connect(
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
@@ -187,6 +188,7 @@ impl TlsClient {
         Ok(TlsClient { send })
     }
 
+    /// Send one request with `body`; panics when the exchange fails.
     pub async fn request(
         &mut self,
         method: &str,
@@ -199,6 +201,7 @@ impl TlsClient {
             .expect("request over TLS")
     }
 
+    /// Send one request with `body`, returning a transport error.
     pub async fn try_request(
         &mut self,
         method: &str,
@@ -230,6 +233,7 @@ impl TlsClient {
         })
     }
 
+    /// GET `path`.
     pub async fn get(&mut self, path: &str) -> Reply {
         self.request("GET", path, "text/plain", Bytes::new()).await
     }
@@ -245,6 +249,7 @@ impl TlsClient {
         .await
     }
 
+    /// POST `body` as `content_type` to a preview endpoint at `path`.
     pub async fn preview(
         &mut self,
         path: &str,
@@ -327,7 +332,7 @@ pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("CALMPLANE_PYTHON") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+    crate::corpus::repo_root().join(".venv/bin/python")
 }
 
 /// How long [`eventually`] waits: any reload (policy file, certificates) must

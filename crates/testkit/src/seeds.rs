@@ -1,26 +1,18 @@
 //! The seed corpus, built from the manifests and AdmissionReviews in
-//! `../shared/corpus/upstream` (never copied into the repository), and cheap
-//! mutations of it for the stable replay test.
+//! `tests/fixtures/upstream` ([`crate::corpus`]), and cheap mutations of it
+//! for the stable replay test.
 //!
 //! Every AdmissionReview file is a seed as it is. Every object in a manifest
 //! (JSON or YAML, several documents, `List`s) becomes a CREATE review; a
 //! Deployment also an UPDATE with a changed template; a workload's pod
 //! template becomes the Pod CREATE its controller would send.
-#![allow(dead_code)]
 
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// `(name, body)` pairs, sorted by name.
-pub fn seeds(corpus: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+pub fn seeds() -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(corpus.join("upstream"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    for path in files {
+    for path in crate::corpus::corpus_files()? {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(&path)?;
         let text = String::from_utf8_lossy(&bytes);
@@ -130,10 +122,12 @@ fn reviews(object: &Value) -> Vec<(&'static str, Value)> {
 pub struct XorShift(u64);
 
 impl XorShift {
+    /// A generator started at `seed` (0 is replaced by 1: xorshift stays at 0).
     pub fn new(seed: u64) -> Self {
         XorShift(seed.max(1))
     }
 
+    /// The next 64 pseudo-random bits.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
@@ -143,6 +137,7 @@ impl XorShift {
         x
     }
 
+    /// A number in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             0

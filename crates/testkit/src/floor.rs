@@ -5,7 +5,6 @@
 //!
 //! Used in-process by `benches/pipeline.rs` and as a process by
 //! `load/transport_floor.rs`.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

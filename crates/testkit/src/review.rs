@@ -1,7 +1,6 @@
 //! AdmissionReview v1 requests as the apiserver sends them. Shared by the
-//! integration tests and (through `#[path]`) the benches and the load test,
-//! so that all of them send the same shape.
-#![allow(dead_code)]
+//! integration tests, the benches and the load test, so that all of them
+//! send the same shape.
 
 use serde_json::{json, Value};
 
