@@ -59,7 +59,9 @@ impl Cluster {
                 );
             }
         }
-        let tmp = tempfile::Builder::new().prefix("calmplane-e2e-").tempdir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("calmplane-e2e-")
+            .tempdir()?;
         let (dir, tmp) = if std::env::var_os("E2E_KEEP").is_some() {
             (tmp.keep(), None)
         } else {
@@ -93,14 +95,26 @@ impl Cluster {
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))
-            .arg(format!("--cert-dir={}", dir.join("apiserver-certs").display()))
+            .arg(format!(
+                "--cert-dir={}",
+                dir.join("apiserver-certs").display()
+            ))
             .arg(format!("--tls-cert-file={}", pki.apiserver_cert.display()))
-            .arg(format!("--tls-private-key-file={}", pki.apiserver_key.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.apiserver_key.display()
+            ))
             .arg(format!("--client-ca-file={}", pki.ca.display()))
             .arg("--authorization-mode=RBAC")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!("--service-account-key-file={}", pki.sa_pub.display()))
-            .arg(format!("--service-account-signing-key-file={}", pki.sa_key.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.sa_pub.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ))
             .arg("--service-cluster-ip-range=10.96.0.0/16")
             // Some corpus Pods are privileged or use the host network.
             .arg("--allow-privileged=true")
@@ -137,10 +151,12 @@ impl Cluster {
             dir,
             _tmp: tmp,
         };
-        cluster
-            .wait_ready()
-            .await
-            .with_context(|| format!("kube-apiserver not ready; its log:\n{}", cluster.apiserver.tail()))?;
+        cluster.wait_ready().await.with_context(|| {
+            format!(
+                "kube-apiserver not ready; its log:\n{}",
+                cluster.apiserver.tail()
+            )
+        })?;
 
         let mut kcm = Command::new(bin.join("kube-controller-manager"));
         kcm.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
@@ -155,12 +171,15 @@ impl Cluster {
             .arg(format!("--secure-port={}", free_port()?))
             .arg("--v=1");
         cluster.controller_manager = Child::spawn("kube-controller-manager", kcm, &cluster.dir)?;
-        cluster.wait_service_account("default").await.with_context(|| {
-            format!(
+        cluster
+            .wait_service_account("default")
+            .await
+            .with_context(|| {
+                format!(
                 "kube-controller-manager did not create the default ServiceAccount; its log:\n{}",
                 cluster.controller_manager.tail()
             )
-        })?;
+            })?;
         Ok(cluster)
     }
 
@@ -174,7 +193,10 @@ impl Cluster {
                 if let Some(status) = exited {
                     bail!("kube-apiserver exited: {status}");
                 }
-                Ok(client.request_text(get("/readyz")?).await.is_ok_and(|t| t.trim() == "ok"))
+                Ok(client
+                    .request_text(get("/readyz")?)
+                    .await
+                    .is_ok_and(|t| t.trim() == "ok"))
             }
         })
         .await

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Poll `check` every 100 ms until it says true, fails, or `limit` passes.
@@ -54,7 +56,10 @@ impl Child {
     /// Start `cmd`, logging to `<dir>/<name>.log`.
     pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Child> {
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -77,7 +82,9 @@ impl Child {
 
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The last 40 lines of its log.

@@ -68,9 +68,16 @@ pub fn write(dir: &Path) -> Result<Pki> {
         Ok((cert.pem(), key.serialize_pem()))
     };
     let (apiserver_cert, apiserver_key) = leaf(
-        ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "10.96.0.1",
+        ]
+        .map(String::from)
+        .to_vec(),
         "kube-apiserver",
         None,
         ExtendedKeyUsagePurpose::ServerAuth,

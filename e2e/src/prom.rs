@@ -46,7 +46,11 @@ pub fn buckets(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64
         else {
             continue;
         };
-        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
         match out.iter_mut().find(|(b, _)| *b == le) {
             Some((_, c)) => *c += value,
             None => out.push((le, value)),
@@ -61,7 +65,10 @@ pub fn delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
     after
         .iter()
         .map(|(le, c)| {
-            let was = before.iter().find(|(b, _)| b == le).map_or(0.0, |(_, c)| *c);
+            let was = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, c)| *c);
             (*le, c - was)
         })
         .collect()
@@ -85,7 +92,11 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Result<f64> {
                 return Ok(lower.0);
             }
             let in_bucket = count - lower.1;
-            let frac = if in_bucket > 0.0 { (rank - lower.1) / in_bucket } else { 1.0 };
+            let frac = if in_bucket > 0.0 {
+                (rank - lower.1) / in_bucket
+            } else {
+                1.0
+            };
             return Ok(lower.0 + (le - lower.0) * frac);
         }
         lower = (le, count);

@@ -23,9 +23,14 @@ pub fn calmplane_bin() -> Result<PathBuf> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "--package", "calmplane", "--bin", "calmplane"]))?;
+    run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "calmplane",
+        "--bin",
+        "calmplane",
+    ]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -62,7 +67,10 @@ impl Calmplane {
             child: Child::none(),
         };
         let first = calmplane.generate("gen-1")?;
-        std::os::unix::fs::symlink(first.file_name().context("generation")?, calmplane.certs.join("..data"))?;
+        std::os::unix::fs::symlink(
+            first.file_name().context("generation")?,
+            calmplane.certs.join("..data"),
+        )?;
         for file in ["ca.crt", "tls.crt", "tls.key"] {
             std::os::unix::fs::symlink(format!("..data/{file}"), calmplane.certs.join(file))?;
         }
@@ -159,7 +167,9 @@ impl Calmplane {
             let client_config = webhook["clientConfig"]
                 .as_object_mut()
                 .context("no clientConfig")?;
-            let service = client_config.remove("service").context("no clientConfig.service")?;
+            let service = client_config
+                .remove("service")
+                .context("no clientConfig.service")?;
             let path = service["path"].as_str().unwrap_or("/");
             client_config.insert("url".into(), json!(format!("{}{path}", self.url())));
         }
@@ -175,7 +185,9 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<String> {
         .await?;
     let mut response = String::new();
     tcp.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP header end")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }
@@ -186,7 +198,9 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<String> {
 /// manager `calmplane-e2e`.
 pub async fn apply_webhook_configuration(client: &kube::Client, config: &Value) -> Result<()> {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let name = config["metadata"]["name"].as_str().context("no metadata.name")?;
+    let name = config["metadata"]["name"]
+        .as_str()
+        .context("no metadata.name")?;
     let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     api.patch(
         name,
@@ -218,8 +232,9 @@ impl AddsContainer {
     pub async fn start() -> Result<AddsContainer> {
         let certs = calmplane::certs::generate(&["127.0.0.1".to_string()])?;
         let key = rustls::pki_types::PrivateKeyDer::try_from(
-            rustls::pki_types::pem::PemObject::from_pem_slice(certs.key_pem.as_bytes())
-                .map(|k: rustls::pki_types::PrivatePkcs8KeyDer<'static>| k.secret_pkcs8_der().to_vec())?,
+            rustls::pki_types::pem::PemObject::from_pem_slice(certs.key_pem.as_bytes()).map(
+                |k: rustls::pki_types::PrivatePkcs8KeyDer<'static>| k.secret_pkcs8_der().to_vec(),
+            )?,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
@@ -241,7 +256,9 @@ impl AddsContainer {
                 let acceptor = acceptor.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = hyper::service::service_fn(move |req| {
                         let counter = counter.clone();
                         async move { Ok::<_, hyper::Error>(answer(req, &counter).await) }
