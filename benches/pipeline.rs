@@ -24,7 +24,7 @@ use bytes::Bytes;
 use calmplane::pipeline::{Pipeline, Request};
 use calmplane::policy::Kind;
 use calmplane::review;
-use calmplane::server::{ServeOptions, Server};
+use calmplane::server::ServeOptions;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -150,11 +150,13 @@ async fn start_servers(canned: Bytes) -> Servers {
     let names = calmplane::certs::serving_names("calmplane", "calmplane");
     let generated = calmplane::certs::generate(&names).expect("dev certs");
     calmplane::certs::write(dir.path(), &generated).expect("write certs");
-    let mut opts = ServeOptions::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let mut opts = ServeOptions::default();
+    opts.tls.cert = dir.path().join("tls.crt");
+    opts.tls.key = dir.path().join("tls.key");
     opts.listen = ([127, 0, 0, 1], 0).into();
-    opts.metrics_listen = None;
+    opts.metrics_listen = ([127, 0, 0, 1], 0).into();
     opts.shutdown_delay = Duration::ZERO;
-    let server = Server::bind(opts).await.expect("calmplane binds");
+    let server = opts.bind().await.expect("calmplane binds");
     let calmplane = server.local_addr();
     tokio::spawn(server.run(std::future::pending()));
 

@@ -11,21 +11,30 @@ use rcgen::{
 };
 use std::path::Path;
 
+/// Why `calmplane certs` could not produce its files.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// rcgen refused the parameters or failed to make a key.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file or the output directory could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file or directory, so the user knows which one to fix.
         path: String,
+        /// The OS error (permissions, missing parent, full disk).
         source: std::io::Error,
     },
 }
 
 /// PEM-encoded dev certificates.
 pub struct DevCerts {
+    /// The CA certificate: goes into the webhook configuration's `caBundle`
+    /// so the apiserver trusts the serving certificate.
     pub ca_pem: String,
+    /// The serving certificate the webhook presents (`tls.crt`).
     pub cert_pem: String,
+    /// The serving certificate's private key (`tls.key`); written mode 0600.
     pub key_pem: String,
 }
 

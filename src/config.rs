@@ -25,36 +25,65 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Why a policy file was refused. Each names the file, and the key when one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not UTF-8: YAML must be, and a lossy decode would change
+    /// what the file says.
+    #[error("policy file {path} is not UTF-8: {source}")]
+    NotUtf8 {
+        /// The file.
+        path: String,
+        /// Where the first invalid byte is.
+        source: std::str::Utf8Error,
+    },
+    /// The YAML does not parse, or has a key or value the schema refuses.
     #[error("policy file {path}: {source}")]
     Parse {
+        /// The file.
         path: String,
-        source: serde_yaml::Error,
+        /// The parser's message, with line and column.
+        source: crate::yaml::Error,
     },
+    /// A value is out of range.
     #[error("policy file {path}: {key}: {message}")]
     Invalid {
+        /// The file.
         path: String,
+        /// The key, in the file's own spelling.
         key: &'static str,
+        /// What is wrong and what is allowed.
         message: String,
     },
 }
 
+/// The whole policy file. Each section configures one policy, so a policy's
+/// constructor takes only its own section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
+    /// `lease`: which selectors to rewrite, and where the pod carries them.
     pub lease: LeaseConfig,
+    /// `rolloutHistory`: when a Deployment counts as hot.
     pub rollout_history: RolloutHistoryConfig,
+    /// `dns`: the resolver options added to pods.
     pub dns: DnsConfig,
+    /// `prestop`: how long containers wait before SIGTERM, and how.
     pub prestop: PrestopConfig,
+    /// `rollout`: only an on/off switch, kept as a section so the file's shape
+    /// is the same for every policy.
     pub rollout: RolloutConfig,
 }
 
+/// What the `lease` policy rewrites a per-pod selector to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseMode {
@@ -64,13 +93,20 @@ pub enum LeaseMode {
     Pod,
 }
 
+/// The `lease` section. The selector can hide in three places in a pod, so
+/// each has its own list of names to look under.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LeaseConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// `namespace` rewrites; `pod` keeps the section but the policy does not run.
     pub mode: LeaseMode,
+    /// Pod annotation keys whose value is a lease selector.
     pub annotations: Vec<String>,
+    /// Container env var names whose `value` is a lease selector.
     pub env_names: Vec<String>,
+    /// Container flags (`--flag=SEL` or `--flag SEL`) that take a lease selector.
     pub flags: Vec<String>,
 }
 
@@ -86,9 +122,11 @@ impl Default for LeaseConfig {
     }
 }
 
+/// The `rolloutHistory` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutHistoryConfig {
+    /// Turns the policy off: Deployments are no longer marked hot, nor cooled down.
     pub enabled: bool,
     /// A Deployment that rolled more than this many times in the last hour is hot.
     pub hot_rollouts_per_hour: u32,
@@ -103,13 +141,19 @@ impl Default for RolloutHistoryConfig {
     }
 }
 
+/// The `dns` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DnsConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// The `ndots` option written into pods: low enough that external names
+    /// skip the search path, high enough that `svc.ns` still uses it.
     pub ndots: u8,
     /// Replace an ndots the pod sets itself.
     pub r#override: bool,
+    /// Whether to add `single-request-reopen`, against the conntrack race
+    /// that loses an A or AAAA reply.
     pub single_request_reopen: bool,
 }
 
@@ -124,6 +168,8 @@ impl Default for DnsConfig {
     }
 }
 
+/// How the `prestop` policy writes its sleep: the native action needs a
+/// recent cluster, the exec form needs a shell in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrestopMode {
@@ -133,11 +179,16 @@ pub enum PrestopMode {
     Exec,
 }
 
+/// The `prestop` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PrestopConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// Native sleep or exec, depending on what the cluster supports.
     pub mode: PrestopMode,
+    /// How long SIGTERM is held back: long enough for endpoint removal to
+    /// reach every proxy. `i64` because that is the API's type.
     pub sleep_seconds: i64,
     /// Time the grace period must leave after the sleep for the app to drain.
     pub min_drain_seconds: i64,
@@ -154,9 +205,11 @@ impl Default for PrestopConfig {
     }
 }
 
+/// The `rollout` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RolloutConfig {
+    /// Turns the policy off without removing the section.
     pub enabled: bool,
 }
 
@@ -167,13 +220,33 @@ impl Default for RolloutConfig {
 }
 
 impl Config {
+    /// The policy file at `path`, or the built-in defaults without one. The
+    /// server's start, its hot reload and `calmplane preview` all load the
+    /// file through here and [`Config::from_bytes`], so they decode it alike.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Read and parse the policy file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Config::from_yaml(&text, &shown)
+        Config::from_bytes(&bytes, &shown)
+    }
+
+    /// Parse and validate the bytes of a policy file; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|source| ConfigError::NotUtf8 {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::from_yaml(text, path)
     }
 
     /// Parse and validate. An empty file means "all defaults".
@@ -181,7 +254,7 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str::<Option<Config>>(text)
+            crate::yaml::from_str::<Option<Config>>(text)
                 .map_err(|source| ConfigError::Parse {
                     path: path.to_string(),
                     source,
@@ -265,6 +338,15 @@ mod tests {
     fn the_example_file_spells_out_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.yaml");
         assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn non_utf8_files_are_refused_not_decoded_lossily() {
+        let e = Config::from_bytes(b"dns:\n  ndots: 3 # \xff\n", "p.yaml").unwrap_err();
+        assert!(matches!(e, ConfigError::NotUtf8 { .. }), "{e}");
+        assert!(e.to_string().contains("p.yaml"), "{e}");
+        let c = Config::from_bytes(b"dns:\n  ndots: 3\n", "p.yaml").unwrap();
+        assert_eq!(c.dns.ndots, 3);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod register;
 pub mod review;
 pub mod selector;
 pub mod server;
+pub mod yaml;
 
 /// Pod annotation holding a lease selector (configurable: `lease.annotations`).
 pub const LEASE_SELECTOR_ANNOTATION: &str = "calmplane.dev/lease-selector";

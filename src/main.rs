@@ -3,17 +3,14 @@
 
 use anyhow::{Context as _, Result};
 use calmplane::config::Config;
+use calmplane::manifests::ServiceArgs;
 use calmplane::pipeline::{Pipeline, SystemClock};
-use calmplane::server::listener::Limits;
-use calmplane::server::tls::TlsPaths;
-use calmplane::server::{ServeOptions, Server};
+use calmplane::server::ServeOptions;
 use calmplane::{certs, manifests, preview, register};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -43,62 +40,15 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve AdmissionReviews over TLS.
-    Serve(ServeArgs),
+    Serve(ServeOptions),
     /// Write a dev CA (ca.crt) and a serving certificate and key (tls.crt, tls.key).
     Certs(CertsArgs),
     /// Print the patch calmplane would apply to a manifest, offline.
     Preview(PreviewArgs),
     /// Print the MutatingWebhookConfiguration (manifests/base/webhook.yaml) with the caBundle filled in.
-    Manifests(ManifestsArgs),
+    Manifests(WebhookArgs),
     /// Apply that MutatingWebhookConfiguration to the current cluster (server-side apply, field manager `calmplane`).
     Register(RegisterArgs),
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address of the TLS port (use 0.0.0.0:8443 in a cluster).
-    #[arg(long, env = "CALMPLANE_LISTEN", default_value = "127.0.0.1:8443")]
-    listen: SocketAddr,
-    /// PEM certificate chain (leaf first).
-    #[arg(long, env = "CALMPLANE_CERT", default_value = "certs/tls.crt")]
-    cert: PathBuf,
-    /// PEM private key.
-    #[arg(long, env = "CALMPLANE_KEY", default_value = "certs/tls.key")]
-    key: PathBuf,
-    /// Require client certificates signed by this CA (mTLS).
-    #[arg(long, env = "CALMPLANE_CLIENT_CA")]
-    client_ca: Option<PathBuf>,
-    /// Address of the plaintext /metrics port.
-    #[arg(
-        long,
-        env = "CALMPLANE_METRICS_LISTEN",
-        default_value = "127.0.0.1:9090"
-    )]
-    metrics_listen: SocketAddr,
-    /// Policy file (YAML). Built-in defaults apply without one.
-    #[arg(long, env = "CALMPLANE_CONFIG")]
-    config: Option<PathBuf>,
-    /// After SIGTERM, keep serving this long with /readyz failing.
-    #[arg(long, env = "CALMPLANE_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
-    shutdown_delay: Duration,
-    /// Then wait at most this long for in-flight requests.
-    #[arg(long, env = "CALMPLANE_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
-    drain_timeout: Duration,
-    /// Most concurrent connections; more are closed at once.
-    #[arg(long, env = "CALMPLANE_MAX_CONNECTIONS", default_value_t = 1024)]
-    max_connections: usize,
-    /// Drop a connection that has not finished the TLS handshake in this time.
-    #[arg(long, env = "CALMPLANE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    handshake_timeout: Duration,
-    /// Drop a connection that has not sent complete headers in this time.
-    #[arg(long, env = "CALMPLANE_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    header_timeout: Duration,
-    /// Answer 408 to a request not done in this time.
-    #[arg(long, env = "CALMPLANE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    request_timeout: Duration,
-    /// How often certificate and policy files are checked for changes.
-    #[arg(long, env = "CALMPLANE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    reload_interval: Duration,
 }
 
 #[derive(clap::Args)]
@@ -106,12 +56,8 @@ struct CertsArgs {
     /// Directory to write ca.crt, tls.crt and tls.key into.
     #[arg(long, env = "CALMPLANE_CERTS_OUT", default_value = "certs")]
     out: PathBuf,
-    /// Namespace of the calmplane Service (for the <service>.<namespace>.svc name).
-    #[arg(long, env = "CALMPLANE_NAMESPACE", default_value = "calmplane")]
-    namespace: String,
-    /// Name of the calmplane Service.
-    #[arg(long, env = "CALMPLANE_SERVICE", default_value = "calmplane")]
-    service: String,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Extra DNS names or IP addresses for the serving certificate.
     #[arg(long = "san", env = "CALMPLANE_SANS", value_delimiter = ',')]
     sans: Vec<String>,
@@ -148,19 +94,24 @@ struct WebhookArgs {
     /// Leave caBundle out, for cert-manager's cainjector to fill in.
     #[arg(long, env = "CALMPLANE_NO_CA_BUNDLE")]
     no_ca_bundle: bool,
-    /// Namespace of the calmplane Service (also excluded from mutation).
-    #[arg(long, env = "CALMPLANE_NAMESPACE", default_value = "calmplane")]
-    namespace: String,
-    /// Name of the calmplane Service.
-    #[arg(long, env = "CALMPLANE_SERVICE", default_value = "calmplane")]
-    service: String,
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Call calmplane at https://HOST[:PORT] instead of through the Service
+    /// (a local process under kind, minikube or a test control plane).
+    #[arg(long, env = "CALMPLANE_URL")]
+    url: Option<String>,
 }
 
 impl WebhookArgs {
     fn configuration(&self) -> Result<serde_json::Value> {
         let pem = self.read_ca_bundle()?;
         Ok(manifests::webhook_configuration(
-            &self.options(pem.as_deref()),
+            &manifests::WebhookOptions {
+                namespace: &self.service.namespace,
+                service: &self.service.service,
+                url: self.url.as_deref(),
+                ca_bundle_pem: pem.as_deref(),
+            },
         )?)
     }
 
@@ -176,20 +127,6 @@ impl WebhookArgs {
         })?;
         Ok(Some(pem))
     }
-
-    fn options<'a>(&'a self, pem: Option<&'a [u8]>) -> manifests::WebhookOptions<'a> {
-        manifests::WebhookOptions {
-            namespace: &self.namespace,
-            service: &self.service,
-            ca_bundle_pem: pem,
-        }
-    }
-}
-
-#[derive(clap::Args)]
-struct ManifestsArgs {
-    #[command(flatten)]
-    webhook: WebhookArgs,
 }
 
 #[derive(clap::Args)]
@@ -235,7 +172,7 @@ fn main() -> Result<()> {
             serve(args)
         }
         Command::Certs(args) => {
-            let mut names = certs::serving_names(&args.service, &args.namespace);
+            let mut names = certs::serving_names(&args.service.service, &args.service.namespace);
             names.extend(args.sans);
             let generated = certs::generate(&names)?;
             certs::write(&args.out, &generated)?;
@@ -248,8 +185,8 @@ fn main() -> Result<()> {
         }
         Command::Preview(args) => run_preview(args),
         Command::Manifests(args) => {
-            let config = args.webhook.configuration()?;
-            print!("{}", serde_yaml::to_string(&config)?);
+            let config = args.configuration()?;
+            print!("{}", calmplane::yaml::to_string(&config)?);
             Ok(())
         }
         Command::Register(args) => run_register(args),
@@ -282,32 +219,13 @@ fn run_register(args: RegisterArgs) -> Result<()> {
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
+fn serve(opts: ServeOptions) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let opts = ServeOptions {
-            listen: args.listen,
-            metrics_listen: Some(args.metrics_listen),
-            tls: TlsPaths {
-                cert: args.cert,
-                key: args.key,
-                client_ca: args.client_ca,
-            },
-            config: args.config,
-            limits: Limits {
-                max_connections: args.max_connections,
-                handshake_timeout: args.handshake_timeout,
-                header_read_timeout: args.header_timeout,
-                drain_timeout: args.drain_timeout,
-            },
-            request_timeout: args.request_timeout,
-            shutdown_delay: args.shutdown_delay,
-            reload_interval: args.reload_interval,
-        };
-        let server = Server::bind(opts).await?;
+        let server = opts.bind().await?;
         let drained = server.run(shutdown_signal()).await;
         if !drained {
             tracing::warn!("exited before every in-flight request finished");
@@ -339,10 +257,7 @@ async fn shutdown_signal() {
 }
 
 fn run_preview(args: PreviewArgs) -> Result<()> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = Config::load_or_default(args.config.as_deref())?;
     let mut body = Vec::new();
     if args.file == "-" {
         std::io::stdin()

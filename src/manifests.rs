@@ -14,33 +14,70 @@ use serde_json::Value;
 
 /// The webhook configuration installed by `manifests/base`.
 pub const BASE_WEBHOOK_YAML: &str = include_str!("../manifests/base/webhook.yaml");
-/// Namespace and Service name the base uses.
+/// Namespace the base installs calmplane into.
 pub const DEFAULT_NAMESPACE: &str = "calmplane";
+/// Name of the Service the base puts in front of calmplane.
 pub const DEFAULT_SERVICE: &str = "calmplane";
 /// The label every namespace carries with its own name (Kubernetes 1.21+).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// Why the webhook configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// The embedded file does not parse (a build-time mistake).
     #[error("the embedded manifests/base/webhook.yaml is not valid YAML: {0}")]
-    Parse(serde_yaml::Error),
+    Parse(crate::yaml::Error),
+    /// The embedded file parses but lacks what calmplane fills in.
     #[error("the embedded manifests/base/webhook.yaml is not what calmplane expects: {0}")]
     Shape(String),
+    /// A namespace or Service name Kubernetes would refuse.
     #[error("{what} {value:?} is not a valid DNS label (lowercase letters, digits and '-', at most 63 characters)")]
-    InvalidName { what: &'static str, value: String },
+    InvalidName {
+        /// Which option: `namespace` or `service`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A `--url` the apiserver would refuse.
+    #[error("--url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The value given.
+        url: String,
+        /// What the apiserver requires instead.
+        reason: &'static str,
+    },
+    /// The CA bundle file is not a set of certificates.
     #[error("caBundle: {0}")]
     CaBundle(String),
+    /// The configuration could not be written as YAML.
     #[error("cannot print the webhook configuration as YAML: {0}")]
-    Print(serde_yaml::Error),
+    Print(serde_saphyr::SerializeError),
+}
+
+/// Where calmplane's Service is: shared by every subcommand that needs it
+/// (`certs` names the certificate after it; `manifests` and `register` point
+/// the webhooks at it and exclude its namespace).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Namespace of the calmplane Service (also excluded from mutation).
+    #[arg(long, env = "CALMPLANE_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Name of the calmplane Service.
+    #[arg(long, env = "CALMPLANE_SERVICE", default_value = DEFAULT_SERVICE)]
+    pub service: String,
 }
 
 /// What to fill into the embedded configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookOptions<'a> {
-    /// Namespace of the calmplane Service.
+    /// Namespace of the calmplane Service; also excluded from mutation.
     pub namespace: &'a str,
     /// Name of the calmplane Service.
     pub service: &'a str,
+    /// Call calmplane at this `https://host:port` instead of through the
+    /// Service: for a server outside the cluster (a local process under
+    /// kind, minikube or a test control plane). Each webhook keeps its path.
+    pub url: Option<&'a str>,
     /// PEM CA certificate(s) the apiserver should trust for the webhook.
     /// `None` leaves caBundle out (cert-manager's cainjector fills it in).
     pub ca_bundle_pem: Option<&'a [u8]>,
@@ -51,6 +88,7 @@ impl Default for WebhookOptions<'_> {
         WebhookOptions {
             namespace: DEFAULT_NAMESPACE,
             service: DEFAULT_SERVICE,
+            url: None,
             ca_bundle_pem: None,
         }
     }
@@ -58,15 +96,14 @@ impl Default for WebhookOptions<'_> {
 
 /// The base webhook configuration exactly as the kustomize base has it.
 pub fn base_webhook() -> Result<Value, ManifestError> {
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(BASE_WEBHOOK_YAML).map_err(ManifestError::Parse)?;
-    serde_json::to_value(yaml).map_err(|e| ManifestError::Shape(e.to_string()))
+    crate::yaml::from_str(BASE_WEBHOOK_YAML).map_err(ManifestError::Parse)
 }
 
 /// The webhook configuration for `opts`.
 pub fn webhook_configuration(opts: &WebhookOptions<'_>) -> Result<Value, ManifestError> {
     check_dns_label("namespace", opts.namespace)?;
     check_dns_label("service", opts.service)?;
+    let base_url = opts.url.map(check_url).transpose()?;
     let ca_bundle = opts.ca_bundle_pem.map(ca_bundle).transpose()?;
     let mut config = base_webhook()?;
     if config.get("kind").and_then(Value::as_str) != Some("MutatingWebhookConfiguration") {
@@ -93,8 +130,19 @@ pub fn webhook_configuration(opts: &WebhookOptions<'_>) -> Result<Value, Manifes
             .get_mut("service")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| shape(&format!("webhook {name} has no clientConfig.service")))?;
-        service.insert("namespace".into(), Value::String(opts.namespace.into()));
-        service.insert("name".into(), Value::String(opts.service.into()));
+        match base_url {
+            Some(base) => {
+                // clientConfig holds exactly one of service and url.
+                let path = service.get("path").and_then(Value::as_str).unwrap_or("");
+                let url = format!("{base}{path}");
+                client_config.remove("service");
+                client_config.insert("url".into(), Value::String(url));
+            }
+            None => {
+                service.insert("namespace".into(), Value::String(opts.namespace.into()));
+                service.insert("name".into(), Value::String(opts.service.into()));
+            }
+        }
         match &ca_bundle {
             Some(bundle) => {
                 client_config.insert("caBundle".into(), Value::String(bundle.clone()));
@@ -110,7 +158,7 @@ pub fn webhook_configuration(opts: &WebhookOptions<'_>) -> Result<Value, Manifes
 /// [`webhook_configuration`] as a YAML document, ready for `kubectl apply -f -`.
 pub fn webhook_configuration_yaml(opts: &WebhookOptions<'_>) -> Result<String, ManifestError> {
     let config = webhook_configuration(opts)?;
-    serde_yaml::to_string(&config).map_err(ManifestError::Print)
+    crate::yaml::to_string(&config).map_err(ManifestError::Print)
 }
 
 /// The caBundle field for a PEM file: its bytes, base64-encoded, once it is
@@ -169,6 +217,39 @@ fn exclude_own_namespace(webhook: &mut Value, namespace: &str) -> Result<(), Str
         values.push(Value::String(namespace.to_string()));
     }
     Ok(())
+}
+
+/// The apiserver's rules for `clientConfig.url`: https, a host, no user
+/// info, query or fragment. Returned without a trailing `/`, ready for each
+/// webhook's path.
+fn check_url(url: &str) -> Result<&str, ManifestError> {
+    let invalid = |reason| ManifestError::InvalidUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| invalid("not a URL; expected https://HOST[:PORT]"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(invalid("the apiserver calls webhooks over https only"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| invalid("no host; expected https://HOST[:PORT]"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid("user info is not allowed in a webhook URL"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(invalid(
+            "a query or fragment is not allowed in a webhook URL",
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err(invalid(
+            "give only https://HOST[:PORT]; each webhook appends its own path (/mutate)",
+        ));
+    }
+    Ok(url.trim_end_matches('/'))
 }
 
 fn shape(message: &str) -> ManifestError {
@@ -264,7 +345,7 @@ mod tests {
         let opts = WebhookOptions {
             namespace: "webhooks",
             service: "calm",
-            ca_bundle_pem: None,
+            ..WebhookOptions::default()
         };
         let out = webhook_configuration(&opts).unwrap();
         for w in webhooks(&out) {
@@ -275,6 +356,42 @@ mod tests {
             for ns in ["kube-system", "kube-node-lease", "calmplane", "webhooks"] {
                 assert!(excluded.contains(&ns), "{ns} not excluded: {excluded:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_url_replaces_the_service_and_keeps_each_path() {
+        let certs = dev_certs();
+        let opts = WebhookOptions {
+            url: Some("https://127.0.0.1:8443/"),
+            ca_bundle_pem: Some(certs.ca_pem.as_bytes()),
+            ..WebhookOptions::default()
+        };
+        let out = webhook_configuration(&opts).unwrap();
+        let base = base_webhook().unwrap();
+        for (w, b) in webhooks(&out).iter().zip(webhooks(&base)) {
+            let path = b["clientConfig"]["service"]["path"].as_str().unwrap();
+            assert_eq!(
+                w["clientConfig"]["url"],
+                format!("https://127.0.0.1:8443{path}")
+            );
+            assert!(w["clientConfig"].get("service").is_none());
+            assert!(w["clientConfig"]["caBundle"].is_string());
+        }
+        for bad in [
+            "http://127.0.0.1:8443",
+            "https://127.0.0.1:8443/mutate",
+            "https://u:p@127.0.0.1:8443",
+            "https://127.0.0.1:8443/?x=1",
+            "127.0.0.1:8443",
+            "https://",
+        ] {
+            let opts = WebhookOptions {
+                url: Some(bad),
+                ..WebhookOptions::default()
+            };
+            let e = webhook_configuration(&opts).unwrap_err();
+            assert!(matches!(e, ManifestError::InvalidUrl { .. }), "{bad}: {e}");
         }
     }
 
@@ -296,7 +413,7 @@ mod tests {
             ..WebhookOptions::default()
         };
         let text = webhook_configuration_yaml(&opts).unwrap();
-        let back: Value = serde_yaml::from_str(&text).unwrap();
+        let back: Value = crate::yaml::from_str(&text).unwrap();
         assert_eq!(back, webhook_configuration(&opts).unwrap());
     }
 

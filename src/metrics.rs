@@ -11,16 +11,29 @@ pub const DURATION_BUCKETS: &[f64] = &[
     1.0,
 ];
 
+/// Every metric calmplane exports, in its own registry so that tests (and
+/// two servers in one process) never share counters.
 pub struct Metrics {
     registry: Registry,
+    /// `calmplane_admission_requests_total{kind,operation,result}`: how much
+    /// traffic, and how much of it we actually change or fail.
     pub requests: IntCounterVec,
+    /// `calmplane_admission_duration_seconds`: our share of the apiserver's
+    /// latency, which the 5 ms budget is measured against.
     pub duration: Histogram,
+    /// `calmplane_policy_changes_total{policy}`: which policy is doing the
+    /// work, so one can be judged (or turned off) on its own.
     pub policy_changes: IntCounterVec,
+    /// `calmplane_tls_reloads_total{result}`: a failed rotation keeps the old
+    /// certificate serving, so it must be alertable before that one expires.
     pub tls_reloads: IntCounterVec,
+    /// `calmplane_config_reloads_total{result}`: a refused policy file keeps
+    /// the old policy running, so the refusal must be visible.
     pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered and `calmplane_build_info` set to 1.
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -91,6 +104,7 @@ impl Metrics {
         }
     }
 
+    /// All metrics in the Prometheus text exposition format, for `GET /metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()

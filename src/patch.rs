@@ -22,28 +22,49 @@ use serde_json::{Map, Value};
 /// One human-readable line about something a policy changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
+    /// The policy that made the change, so a reader knows whom to ask (and
+    /// which name to put in `calmplane.dev/skip`).
     pub policy: &'static str,
+    /// The JSON pointer of the changed member, escaped as in the patch.
     pub path: String,
+    /// What changed and why, for people.
     pub message: String,
 }
 
-/// Why an edit was refused. The object had an unexpected shape at `path`
-/// (for example `spec: "oops"`); the edit is skipped rather than producing a
-/// patch the apiserver could not apply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot edit {path}: {reason}")]
-pub struct ShapeError {
-    pub path: String,
-    pub reason: &'static str,
+/// What an edit did. A policy that only edits ignores it; one that must
+/// know whether something changed (to raise a grace period, or warn) asks
+/// [`Edit::changed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// The document changed and one patch operation was recorded.
+    Changed,
+    /// The member already held the value: no operation.
+    Unchanged,
+    /// The object has an unexpected shape at the path (for example
+    /// `spec: "oops"`), so the edit was skipped rather than producing a patch
+    /// the apiserver could not apply. A warning says where.
+    Refused,
+}
+
+impl Edit {
+    /// Whether the document changed.
+    pub fn changed(self) -> bool {
+        self == Edit::Changed
+    }
 }
 
 /// An object being edited, plus the operations and notes that describe the edit.
 #[derive(Debug)]
 pub struct Mutation {
+    /// The object, edited in place.
     doc: Value,
+    /// One RFC 6902 operation per edit, in order: the patch.
     ops: Vec<PatchOperation>,
+    /// One note per edit, for previews and logs.
     changes: Vec<Change>,
+    /// For AdmissionResponse.warnings: what users should know.
     warnings: Vec<String>,
+    /// The policy whose edits are being recorded, named in changes and warnings.
     policy: &'static str,
 }
 
@@ -72,6 +93,7 @@ fn pointer(path: &[&str]) -> PointerBuf {
 }
 
 impl Mutation {
+    /// Start editing `doc`.
     pub fn new(doc: Value) -> Self {
         Mutation {
             doc,
@@ -87,26 +109,32 @@ impl Mutation {
         self.policy = policy;
     }
 
+    /// The document as edited so far.
     pub fn doc(&self) -> &Value {
         &self.doc
     }
 
+    /// The patch operations recorded so far.
     pub fn ops(&self) -> &[PatchOperation] {
         &self.ops
     }
 
+    /// The change notes recorded so far.
     pub fn changes(&self) -> &[Change] {
         &self.changes
     }
 
+    /// The warnings recorded so far.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
+    /// The edited document, the patch, the change notes and the warnings.
     pub fn into_parts(self) -> (Value, Vec<PatchOperation>, Vec<Change>, Vec<String>) {
         (self.doc, self.ops, self.changes, self.warnings)
     }
 
+    /// The value at `path` in the document as edited so far.
     pub fn get(&self, path: &[&str]) -> Option<&Value> {
         lookup(&self.doc, path)
     }
@@ -129,147 +157,137 @@ impl Mutation {
     /// Emits `replace` when the member exists, `add` when it does not, and
     /// nothing when it already holds `value`. When parents are missing, a single
     /// `add` carries the whole new subtree, because RFC 6902 `add` does not
-    /// create intermediate members. Returns whether anything changed.
-    pub fn set(
-        &mut self,
-        path: &[&str],
-        value: Value,
-        message: impl Into<String>,
-    ) -> Result<bool, ShapeError> {
+    /// create intermediate members.
+    pub fn set(&mut self, path: &[&str], value: Value, message: impl Into<String>) -> Edit {
         let Some((last, parents)) = path.split_last() else {
-            return Err(self.shape(path, "refusing to replace the whole object"));
+            return self.refuse(path, "refusing to replace the whole object");
         };
-        // Find the deepest existing container, remembering how many segments exist.
-        let mut depth = 0;
-        {
-            let mut cur = &self.doc;
-            for seg in parents {
-                match cur {
-                    Value::Object(map) => match map.get(*seg) {
-                        Some(next @ (Value::Object(_) | Value::Array(_))) => cur = next,
-                        Some(Value::Null) | None => break,
-                        Some(_) => return Err(self.shape(path, "a parent is not an object")),
-                    },
-                    Value::Array(items) => {
-                        match seg.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                            Some(next @ (Value::Object(_) | Value::Array(_))) => cur = next,
-                            _ => return Err(self.shape(path, "array index out of range")),
-                        }
-                    }
-                    _ => return Err(self.shape(path, "a parent is not an object")),
-                }
-                depth += 1;
-            }
-        }
-
+        let depth = match existing_depth(&self.doc, parents) {
+            Ok(depth) => depth,
+            Err(reason) => return self.refuse(path, reason),
+        };
         if depth < parents.len() {
             // Build the missing subtree bottom-up and attach it with one `add`
             // (or `replace`, when the attachment point holds `null`).
             let subtree = nest(&parents[depth + 1..], last, value);
-            let attach = &path[..=depth];
-            self.write(attach, subtree);
-            self.note(path, message.into());
-            return Ok(true);
+            return self.write(&path[..=depth], subtree, path, message.into());
         }
-
-        let parent = lookup_mut(&mut self.doc, parents).expect("parent was found above");
-        match parent {
-            Value::Object(map) => {
-                if map.get(*last) == Some(&value) {
-                    return Ok(false);
-                }
-            }
-            Value::Array(items) => match last.parse::<usize>().ok() {
-                Some(i) if i < items.len() => {
-                    if items[i] == value {
-                        return Ok(false);
-                    }
-                }
-                Some(i) if i == items.len() => {}
-                _ => return Err(self.shape(path, "array index out of range")),
+        let unchanged = match lookup(&self.doc, parents) {
+            Some(Value::Object(map)) => map.get(*last) == Some(&value),
+            Some(Value::Array(items)) => match last.parse::<usize>() {
+                Ok(i) if i < items.len() => items[i] == value,
+                Ok(i) if i == items.len() => false,
+                _ => return self.refuse(path, "array index out of range"),
             },
-            _ => return Err(self.shape(path, "a parent is not an object")),
+            _ => return self.refuse(path, "a parent is not an object"),
+        };
+        if unchanged {
+            return Edit::Unchanged;
         }
-        self.write(path, value);
-        self.note(path, message.into());
-        Ok(true)
+        self.write(path, value, path, message.into())
     }
 
     /// Append `value` to the array at `path`, creating the array if it is missing.
-    pub fn append(
-        &mut self,
-        path: &[&str],
-        value: Value,
-        message: impl Into<String>,
-    ) -> Result<(), ShapeError> {
+    pub fn append(&mut self, path: &[&str], value: Value, message: impl Into<String>) -> Edit {
         match lookup(&self.doc, path) {
             Some(Value::Array(items)) => {
                 let index = items.len().to_string();
                 let mut full: Vec<&str> = path.to_vec();
                 full.push(&index);
-                self.set(&full, value, message).map(|_| ())
+                self.set(&full, value, message)
             }
-            Some(Value::Null) | None => self
-                .set(path, Value::Array(vec![value]), message)
-                .map(|_| ()),
-            Some(_) => Err(self.shape(path, "not an array")),
+            Some(Value::Null) | None => self.set(path, Value::Array(vec![value]), message),
+            Some(_) => self.refuse(path, "not an array"),
         }
     }
 
     /// Remove the member at `path` if it exists. Returns whether it did.
-    pub fn remove(&mut self, path: &[&str], message: impl Into<String>) -> bool {
+    pub fn remove(&mut self, path: &[&str], message: impl Into<String>) -> Edit {
         let Some((last, parents)) = path.split_last() else {
-            return false;
+            return self.refuse(path, "refusing to remove the whole object");
         };
         let removed = match lookup_mut(&mut self.doc, parents) {
+            // shift_remove keeps the order of the other members, so a
+            // preview shows the object as the user wrote it.
             Some(Value::Object(map)) => map.shift_remove(*last).is_some(),
             _ => false,
         };
-        if removed {
-            self.ops.push(PatchOperation::Remove(RemoveOperation {
-                path: pointer(path),
-            }));
-            self.note(path, message.into());
+        if !removed {
+            return Edit::Unchanged;
         }
-        removed
+        self.ops.push(PatchOperation::Remove(RemoveOperation {
+            path: pointer(path),
+        }));
+        self.note(path, message.into());
+        Edit::Changed
     }
 
-    /// Apply one write to the document and record it: `replace` when the
-    /// target exists, `add` otherwise. Parents are known to exist.
-    fn write(&mut self, path: &[&str], value: Value) {
-        let (last, parents) = path.split_last().expect("non-empty path");
-        let parent = lookup_mut(&mut self.doc, parents).expect("parent exists");
-        let existed = match parent {
-            Value::Object(map) => map.insert((*last).to_string(), value.clone()).is_some(),
-            Value::Array(items) => {
-                let i: usize = last.parse().expect("index checked by caller");
-                if i < items.len() {
+    /// Apply one write at `at` to the document and record it: `replace` when
+    /// the target exists, `add` otherwise. `noted` is the path the user asked
+    /// for, named in the change note (it is deeper than `at` when a missing
+    /// subtree is added whole).
+    fn write(&mut self, at: &[&str], value: Value, noted: &[&str], message: String) -> Edit {
+        let Some((last, parents)) = at.split_last() else {
+            return self.refuse(noted, "refusing to replace the whole object");
+        };
+        let existed = match lookup_mut(&mut self.doc, parents) {
+            Some(Value::Object(map)) => map.insert((*last).to_string(), value.clone()).is_some(),
+            Some(Value::Array(items)) => match last.parse::<usize>() {
+                Ok(i) if i < items.len() => {
                     items[i] = value.clone();
                     true
-                } else {
+                }
+                Ok(i) if i == items.len() => {
                     items.push(value.clone());
                     false
                 }
-            }
-            _ => unreachable!("parent shape checked by caller"),
+                _ => return self.refuse(noted, "array index out of range"),
+            },
+            _ => return self.refuse(noted, "a parent is not an object"),
         };
-        let path = pointer(path);
+        let path = pointer(at);
         self.ops.push(if existed {
             PatchOperation::Replace(ReplaceOperation { path, value })
         } else {
             PatchOperation::Add(AddOperation { path, value })
         });
+        self.note(noted, message);
+        Edit::Changed
     }
 
-    fn shape(&mut self, path: &[&str], reason: &'static str) -> ShapeError {
-        let err = ShapeError {
-            path: pointer(path).to_string(),
-            reason,
-        };
-        self.warnings
-            .push(format!("calmplane {}: skipped, {err}", self.policy));
-        err
+    fn refuse(&mut self, path: &[&str], reason: &'static str) -> Edit {
+        self.warnings.push(format!(
+            "calmplane {}: skipped, cannot edit {}: {reason}",
+            self.policy,
+            pointer(path)
+        ));
+        Edit::Refused
     }
+}
+
+/// How many leading segments of `parents` exist as containers in `doc`; an
+/// error when one exists but cannot hold children.
+fn existing_depth(doc: &Value, parents: &[&str]) -> Result<usize, &'static str> {
+    let mut cur = doc;
+    for (depth, seg) in parents.iter().enumerate() {
+        let next = match cur {
+            Value::Object(map) => match map.get(*seg) {
+                Some(Value::Null) | None => return Ok(depth),
+                Some(next) => next,
+            },
+            Value::Array(items) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .ok_or("array index out of range")?,
+            _ => return Err("a parent is not an object"),
+        };
+        if !matches!(next, Value::Object(_) | Value::Array(_)) {
+            return Err("a parent is not an object");
+        }
+        cur = next;
+    }
+    Ok(parents.len())
 }
 
 /// `{"a": {"b": value}}` for `inner = ["a"]`, `last = "b"`.
@@ -305,9 +323,10 @@ mod tests {
         let orig = json!({"metadata": {"name": "x"}});
         let mut m = Mutation::new(orig.clone());
         m.begin("t");
-        assert!(m
-            .set(&["metadata", "annotations", "a/b~c"], json!("v"), "m")
-            .unwrap());
+        assert_eq!(
+            m.set(&["metadata", "annotations", "a/b~c"], json!("v"), "m"),
+            Edit::Changed
+        );
         let ops = serde_json::to_value(m.ops()).unwrap();
         assert_eq!(
             ops,
@@ -325,8 +344,7 @@ mod tests {
             &["metadata", "annotations", "calmplane.dev/a~b"],
             json!("v"),
             "m",
-        )
-        .unwrap();
+        );
         let ops = serde_json::to_value(m.ops()).unwrap();
         assert_eq!(ops[0]["path"], "/metadata/annotations/calmplane.dev~1a~0b");
         assert_eq!(apply(&orig, m.ops()), *m.doc());
@@ -336,8 +354,7 @@ mod tests {
     fn null_parent_is_replaced() {
         let orig = json!({"metadata": {"annotations": null}});
         let mut m = Mutation::new(orig.clone());
-        m.set(&["metadata", "annotations", "k"], json!("v"), "m")
-            .unwrap();
+        m.set(&["metadata", "annotations", "k"], json!("v"), "m");
         assert_eq!(*m.doc(), json!({"metadata": {"annotations": {"k": "v"}}}));
         assert_eq!(serde_json::to_value(m.ops()).unwrap()[0]["op"], "replace");
         assert_eq!(apply(&orig, m.ops()), *m.doc());
@@ -347,22 +364,24 @@ mod tests {
     fn equal_value_is_a_no_op_and_shape_errors_are_refused() {
         let orig = json!({"spec": {"a": 1}, "bad": "str", "list": [1]});
         let mut m = Mutation::new(orig.clone());
-        assert!(!m.set(&["spec", "a"], json!(1), "m").unwrap());
-        assert!(m.set(&["bad", "x"], json!(1), "m").is_err());
-        assert!(m.set(&["list", "5"], json!(1), "m").is_err());
+        assert_eq!(m.set(&["spec", "a"], json!(1), "m"), Edit::Unchanged);
+        assert_eq!(m.set(&["bad", "x"], json!(1), "m"), Edit::Refused);
+        assert_eq!(m.set(&["list", "5"], json!(1), "m"), Edit::Refused);
+        assert_eq!(m.set(&[], json!(1), "m"), Edit::Refused);
         assert!(m.ops().is_empty());
         assert_eq!(*m.doc(), orig);
-        assert_eq!(m.warnings().len(), 2);
+        assert_eq!(m.warnings().len(), 3);
     }
 
     #[test]
     fn append_and_remove() {
         let orig = json!({"spec": {"l": [1], "m": {"k": 1}}});
         let mut m = Mutation::new(orig.clone());
-        m.append(&["spec", "l"], json!(2), "m").unwrap();
-        m.append(&["spec", "new"], json!(3), "m").unwrap();
-        assert!(m.remove(&["spec", "m", "k"], "m"));
-        assert!(!m.remove(&["spec", "m", "absent"], "m"));
+        assert_eq!(m.append(&["spec", "l"], json!(2), "m"), Edit::Changed);
+        assert_eq!(m.append(&["spec", "new"], json!(3), "m"), Edit::Changed);
+        assert_eq!(m.append(&["spec", "m"], json!(3), "m"), Edit::Refused);
+        assert_eq!(m.remove(&["spec", "m", "k"], "m"), Edit::Changed);
+        assert_eq!(m.remove(&["spec", "m", "absent"], "m"), Edit::Unchanged);
         assert_eq!(
             *m.doc(),
             json!({"spec": {"l": [1, 2], "new": [3], "m": {}}})

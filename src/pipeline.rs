@@ -20,9 +20,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The source of "now". Injectable so that rollout history can be tested.
 pub trait Clock: Send + Sync {
+    /// Seconds since the Unix epoch.
     fn now_unix(&self) -> i64;
 }
 
+/// The wall clock, for the server. A clock before 1970 reads as 0 rather than
+/// failing a request.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -42,6 +45,7 @@ impl Clock for FixedClock {
     }
 }
 
+/// The enabled policies, built once per policy file and shared by every request.
 pub struct Pipeline {
     policies: Vec<Box<dyn Policy>>,
     clock: Arc<dyn Clock>,
@@ -50,15 +54,23 @@ pub struct Pipeline {
 /// What the pipeline did to one object.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The object after every edit, so `preview` can show the result
+    /// without applying the patch.
     pub object: Value,
+    /// The RFC 6902 operations that turn the admitted object into `object`;
+    /// empty when nothing changed.
     pub patch: Vec<PatchOperation>,
+    /// One entry per edit, for people: who changed what, and why.
     pub changes: Vec<Change>,
+    /// Messages for the user (AdmissionResponse.warnings), such as a
+    /// selector that did not parse.
     pub warnings: Vec<String>,
     /// Names of the policies that changed the object, in order.
     pub policies: Vec<&'static str>,
 }
 
 impl Outcome {
+    /// The outcome of running no policy: `object` as it came, with no patch.
     pub fn unchanged(object: Value) -> Self {
         Outcome {
             object,
@@ -73,33 +85,24 @@ impl Outcome {
 /// The request facts the pipeline needs, independent of how they arrived.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
+    /// Picks the policies that run: each handles only some kinds.
     pub kind: Kind,
+    /// Picks the policies that run: some only act on CREATE, some on UPDATE.
     pub operation: kube::core::admission::Operation,
+    /// The request's namespace, which is authoritative: the object's own
+    /// metadata may leave it to the URL. Falls back to the object's.
     pub namespace: Option<&'a str>,
+    /// The object before an UPDATE, so a policy can tell what the update changes.
     pub old_object: Option<&'a Value>,
 }
 
 impl Pipeline {
+    /// The policies the policy file enables, in [`policy::ALL`] order.
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
-        use crate::policy::{dns, lease, prestop, rollout, rollout_history};
-        let mut policies: Vec<Box<dyn Policy>> = Vec::new();
-        if config.lease.enabled {
-            policies.push(Box::new(lease::Lease::new(config.lease.clone())));
-        }
-        if config.rollout_history.enabled {
-            policies.push(Box::new(rollout_history::RolloutHistory::new(
-                config.rollout_history.clone(),
-            )));
-        }
-        if config.dns.enabled {
-            policies.push(Box::new(dns::Dns::new(config.dns.clone())));
-        }
-        if config.prestop.enabled {
-            policies.push(Box::new(prestop::Prestop::new(config.prestop.clone())));
-        }
-        if config.rollout.enabled {
-            policies.push(Box::new(rollout::Rollout::new(config.rollout.clone())));
-        }
+        let policies = policy::ALL
+            .iter()
+            .filter_map(|entry| (entry.build)(config))
+            .collect();
         Pipeline { policies, clock }
     }
 
@@ -108,10 +111,14 @@ impl Pipeline {
         Pipeline { policies, clock }
     }
 
+    /// The policies of an empty policy file, on the wall clock.
     pub fn with_defaults() -> Self {
         Pipeline::new(&Config::default(), Arc::new(SystemClock))
     }
 
+    /// Run every policy that handles `req` and is not skipped by the object's
+    /// `calmplane.dev/skip` annotation. Never fails: a policy that cannot act
+    /// leaves the object alone and says why in the warnings.
     pub fn run(&self, req: &Request<'_>, object: Value) -> Outcome {
         let namespace = req
             .namespace

@@ -17,27 +17,42 @@ use kube::core::admission::Operation;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+/// Why a preview body was refused. All are the sender's fault: a 400 on
+/// `POST /preview`, a message and exit code on the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum PreviewError {
+    /// The body is empty or only whitespace and comments.
     #[error("empty body: send a Kubernetes object as JSON or YAML")]
     Empty,
+    /// Invalid JSON. Not returned at present: a body starting with `{` that
+    /// is not JSON is retried as flow-style YAML and reported as [`Self::Yaml`].
     #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
+    /// The body is not JSON and does not parse as YAML either.
     #[error("invalid YAML: {0}")]
-    Yaml(serde_yaml::Error),
-    #[error("YAML document {doc}: {message}")]
-    YamlShape { doc: usize, message: String },
+    Yaml(crate::yaml::Error),
+    /// The body is not UTF-8, which both JSON and YAML require.
+    #[error("body is not UTF-8: {0}")]
+    NotUtf8(std::str::Utf8Error),
+    /// A leading-zero number such as `0640`, which kubectl and we would read
+    /// differently: refused rather than previewed wrong.
     #[error("line {line}: {token} is a YAML 1.1 octal number (kubectl reads {decimal}), but YAML 1.2 reads the string \"{token}\"; write 0o{digits} or {decimal} to say which you mean")]
     LegacyOctal {
+        /// Where the number is, 1-based, so the user can find it.
         line: usize,
+        /// The number as written.
         token: String,
+        /// The octal digits, to suggest the unambiguous `0o` spelling.
         digits: String,
+        /// What kubectl would read, to suggest the decimal spelling.
         decimal: i64,
     },
+    /// A document of the stream is a scalar or a list, not an object.
     #[error(
         "document {0} is not an object (expected a Kubernetes object with apiVersion and kind)"
     )]
     NotAnObject(usize),
+    /// The body is an AdmissionReview that `review::parse` refuses.
     #[error("invalid AdmissionReview: {0}")]
     Review(#[from] review::ReviewError),
 }
@@ -45,18 +60,27 @@ pub enum PreviewError {
 /// The preview of one object.
 #[derive(Debug, Serialize)]
 pub struct Preview {
+    /// The object's kind, so a reader of a multi-object preview knows which is which.
     pub kind: String,
+    /// `metadata.name`, for the same reason; absent for unnamed objects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The namespace the policies saw: the object's own, else the one given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The operation previewed: `CREATE`, unless an AdmissionReview said otherwise.
     pub operation: &'static str,
     /// Why nothing was done, when calmplane does not handle this object.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// The JSON Patch the webhook would return.
     pub patch: Vec<json_patch::PatchOperation>,
+    /// The object with the patch applied, so the result can be read (or
+    /// diffed) without applying the patch by hand.
     pub object: Value,
+    /// Each change, with the policy that made it and why.
     pub changes: Vec<Change>,
+    /// The warnings the apiserver would show `kubectl` users.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// For workloads: what pods created from the pod template will get.
@@ -68,8 +92,14 @@ pub struct Preview {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum PreviewResponse {
+    /// The body held one object: its preview, unwrapped, as the common case
+    /// reads best.
     One(Box<Preview>),
-    Many { items: Vec<Preview> },
+    /// The body held a stream, a `List` or several objects.
+    Many {
+        /// One preview per object, in the body's order.
+        items: Vec<Preview>,
+    },
 }
 
 /// Parse `body` and preview every object in it.
@@ -85,8 +115,7 @@ pub fn preview(
             return Err(PreviewError::NotAnObject(i + 1));
         }
         if str_at(&doc, &["kind"]) == Some("AdmissionReview") {
-            let bytes = serde_json::to_vec(&doc).map_err(PreviewError::Json)?;
-            items.push(preview_review(pipeline, &bytes)?);
+            items.push(preview_review(pipeline, doc)?);
         } else if let Some(list_items) = list_items(&doc) {
             for item in list_items {
                 items.push(preview_object(pipeline, item.clone(), namespace));
@@ -110,18 +139,17 @@ fn list_items(doc: &Value) -> Option<&Vec<Value>> {
     doc.get("items").and_then(Value::as_array)
 }
 
-fn preview_review(pipeline: &Pipeline, body: &[u8]) -> Result<Preview, PreviewError> {
-    let request = review::parse(body)?;
+fn preview_review(pipeline: &Pipeline, doc: Value) -> Result<Preview, PreviewError> {
+    let request = review::from_value(doc)?;
     let namespace = request.namespace.clone();
-    let operation = review::operation_label(&request.operation);
-    let (summary, _, outcome) = review::admit(pipeline, request);
+    let review::Admission { summary, outcome } = review::admit(pipeline, request);
     let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
         format!(
             "calmplane does not mutate {} {}",
             summary.operation, summary.kind
         )
     });
-    let mut preview = finish(summary.kind, operation, skipped, outcome);
+    let mut preview = finish(summary.kind, summary.operation, skipped, outcome);
     if preview.namespace.is_none() {
         preview.namespace = namespace.filter(|ns| !ns.is_empty());
     }
@@ -240,25 +268,12 @@ pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
         }
         Some(_) => {}
     }
-    let text = std::str::from_utf8(body).map_err(|e| PreviewError::YamlShape {
-        doc: 1,
-        message: format!("body is not UTF-8: {e}"),
-    })?;
-    let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        // Through serde_yaml::Value first: it rejects duplicate keys, where
-        // deserialising straight into serde_json::Value keeps the last one.
-        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de)
-            .map_err(PreviewError::Yaml)?;
-        if yaml.is_null() {
-            continue;
-        }
-        let json = serde_json::to_value(&yaml).map_err(|e| PreviewError::YamlShape {
-            doc: i + 1,
-            message: e.to_string(),
-        })?;
-        docs.push(json);
-    }
+    let text = std::str::from_utf8(body).map_err(PreviewError::NotUtf8)?;
+    let docs: Vec<Value> = crate::yaml::documents(text)
+        .map_err(PreviewError::Yaml)?
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect();
     if docs.is_empty() {
         return Err(PreviewError::Empty);
     }
@@ -266,7 +281,7 @@ pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
     Ok(docs)
 }
 
-/// YAML 1.1 (kubectl) reads a plain `0640` as octal 416; YAML 1.2 (serde_yaml)
+/// YAML 1.1 (kubectl) reads a plain `0640` as octal 416; YAML 1.2 (`crate::yaml`)
 /// reads it as the string "0640". Either silent choice would mislead, so a
 /// plain scalar of that shape that came out as a string is a clear error.
 fn check_legacy_octal(text: &str, docs: &[Value]) -> Result<(), PreviewError> {

@@ -18,6 +18,7 @@ use serde_json::Value;
 /// The field manager calmplane applies as.
 pub const FIELD_MANAGER: &str = "calmplane";
 
+/// How `register` applies; the default is a plain apply that reports conflicts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RegisterOptions {
     /// Take over fields another field manager owns (`force=true`).
@@ -26,14 +27,30 @@ pub struct RegisterOptions {
     pub dry_run: bool,
 }
 
+/// Why `register` did not apply the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
+    /// The configuration has no name, and server-side apply needs one.
     #[error("the webhook configuration has no metadata.name")]
     NoName,
+    /// The apiserver answered 409: another field manager owns some of our
+    /// fields with different values. Kept apart from [`Self::Apply`] so the
+    /// message can say how to look and how to force.
     #[error("MutatingWebhookConfiguration {name}: {message}; another field manager owns these fields with different values (see `kubectl get mutatingwebhookconfiguration {name} --show-managed-fields -o yaml`); re-run with --force to take them over")]
-    Conflict { name: String, message: String },
+    Conflict {
+        /// The configuration's name, for the `kubectl` hint.
+        name: String,
+        /// The apiserver's message, which lists the conflicting fields and managers.
+        message: String,
+    },
+    /// Any other failure: no cluster, no permission, a rejected field.
     #[error("applying MutatingWebhookConfiguration {name}: {source}")]
-    Apply { name: String, source: kube::Error },
+    Apply {
+        /// The configuration's name.
+        name: String,
+        /// kube's error, with the apiserver's status when there is one.
+        source: kube::Error,
+    },
 }
 
 /// The patch parameters `register` sends.

@@ -12,10 +12,15 @@
 
 use std::fmt;
 
+/// A term's operator. `=` and `==` test the same; both are kept so a parsed
+/// term says what was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// `field=value`.
     Equals,
+    /// `field==value`, the same test as `=`.
     DoubleEquals,
+    /// `field!=value`.
     NotEquals,
 }
 
@@ -37,29 +42,57 @@ impl Op {
 /// One `field<op>value` term. `raw` is the exact source text of the term.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Term<'a> {
+    /// Written back unchanged when the policy leaves the term alone, so an
+    /// untouched term is never re-escaped differently.
     pub raw: &'a str,
+    /// The field name, as written (apimachinery does not trim it either).
     pub field: &'a str,
+    /// The operator, which decides whether the term pins a single object.
     pub op: Op,
+    /// The value with its escapes removed: what the apiserver compares.
     pub value: String,
 }
 
+/// Why a selector does not parse. The messages follow apimachinery's, so
+/// they read like the apiserver's own rejection of the same selector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
+    /// A term has none of `=`, `==`, `!=`.
     #[error("invalid selector: '{selector}'; can't understand '{term}'")]
-    NoOperator { selector: String, term: String },
+    NoOperator {
+        /// The whole selector.
+        selector: String,
+        /// The term at fault.
+        term: String,
+    },
+    /// A backslash before anything but `\`, `,` or `=`, or at the very end.
     #[error("invalid field selector value {value:?}: invalid escape sequence {sequence:?}")]
-    InvalidEscape { value: String, sequence: String },
+    InvalidEscape {
+        /// The value, still escaped.
+        value: String,
+        /// The offending escape, e.g. `\n`, or a lone `\` at the end.
+        sequence: String,
+    },
+    /// A `,` or `=` in a value without a backslash before it.
     #[error("invalid field selector value {value:?}: unescaped {rune:?} must be escaped with a backslash")]
-    Unescaped { value: String, rune: char },
+    Unescaped {
+        /// The value, still escaped.
+        value: String,
+        /// The character that needs escaping.
+        rune: char,
+    },
 }
 
 /// A parsed selector. Empty terms (`a=b,,c=d`) are kept as `None` so that the
 /// selector can be written back exactly as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector<'a> {
+    /// The terms in order, `None` for an empty one.
     pub terms: Vec<Option<Term<'a>>>,
 }
 
+/// Parse `selector` as the apiserver would. The empty selector is valid and
+/// has no terms; terms borrow from `selector`.
 pub fn parse(selector: &str) -> Result<Selector<'_>, SelectorError> {
     let mut terms = Vec::new();
     if selector.is_empty() {
@@ -116,6 +149,8 @@ fn split_term(term: &str) -> Option<(&str, Op, &str)> {
     None
 }
 
+/// A value with its `\\`, `\,` and `\=` escapes removed (apimachinery's
+/// `UnescapeValue`); any other escape, or a bare `,` or `=`, is an error.
 pub fn unescape_value(s: &str) -> Result<String, SelectorError> {
     if !s.contains(['\\', ',', '=']) {
         return Ok(s.to_string());
@@ -156,6 +191,8 @@ pub fn unescape_value(s: &str) -> Result<String, SelectorError> {
     Ok(out)
 }
 
+/// `s` with `\`, `,` and `=` backslash-escaped, ready to be a term's value
+/// (apimachinery's `EscapeValue`).
 pub fn escape_value(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

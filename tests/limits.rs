@@ -314,6 +314,22 @@ async fn slow_body_gets_408_after_the_request_timeout() {
     trickle.abort();
     assert_eq!(response.status, 408, "{response:?}");
     assert_within("slow body (408)", elapsed, REQUEST_TIMEOUT);
+    // The same JSON error body as every other error, and counted.
+    assert!(
+        response
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{response:?}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+    let message = body["error"].as_str().expect("an error message");
+    assert!(message.contains("not completed within"), "{message}");
+    let errors = metric(
+        &server.metrics().await,
+        r#"calmplane_admission_requests_total{kind="unknown",operation="unknown",result="error"}"#,
+    );
+    assert_eq!(errors, 1);
     assert!(server.stop().await);
 }
 

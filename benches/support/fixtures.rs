@@ -234,10 +234,10 @@ pub fn planted_slowdown() -> bool {
 /// `Pipeline::run` and `review::response_body`).
 pub fn pipeline(pipeline: &calmplane::pipeline::Pipeline, body: &[u8]) -> String {
     let request = calmplane::review::parse(body).expect("fixture parses");
-    let (_summary, response, outcome) = calmplane::review::admit(pipeline, request);
+    let admission = calmplane::review::admit(pipeline, request);
     if planted_slowdown() {
-        let copy = outcome.object.clone();
+        let copy = admission.outcome.object.clone();
         std::hint::black_box(serde_json::to_string_pretty(&copy).expect("serialises"));
     }
-    response
+    admission.response_body()
 }

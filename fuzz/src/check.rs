@@ -44,7 +44,9 @@ pub fn check_mutate_body(data: &[u8]) {
     let again = copy(&request, None);
     let input = request.object.clone();
     let uid = request.uid.clone();
-    let (summary, body, outcome) = review::admit(pipeline(), request);
+    let admission = review::admit(pipeline(), request);
+    let body = admission.response_body();
+    let review::Admission { summary, outcome } = admission;
     assert_eq!(summary.uid, uid);
 
     let response: Value = serde_json::from_str(&body).expect("response is JSON");
@@ -72,7 +74,7 @@ pub fn check_mutate_body(data: &[u8]) {
     json_patch::patch(&mut patched, &ops).expect("patch applies to the request object");
     assert_eq!(patched, outcome.object, "patched object != pipeline output");
 
-    let (_, second, _) = review::admit(pipeline(), copy(&again, Some(patched)));
+    let second = review::admit(pipeline(), copy(&again, Some(patched))).response_body();
     let second: Value = serde_json::from_str(&second).expect("response is JSON");
     assert!(
         second["response"].get("patch").is_none(),

@@ -14,18 +14,22 @@
 
 use super::{is_windows, Context, Kind, Policy};
 use crate::config::DnsConfig;
-use crate::patch::{lookup, Mutation};
+use crate::patch::{lookup, Edit, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "dns";
 
+/// The policy.
 pub struct Dns {
     cfg: DnsConfig,
+    /// `cfg.ndots` as the string dnsConfig wants, formatted once, not per pod.
     ndots: String,
 }
 
 impl Dns {
+    /// The policy for this `dns` section.
     pub fn new(cfg: DnsConfig) -> Self {
         let ndots = cfg.ndots.to_string();
         Dns { cfg, ndots }
@@ -41,6 +45,13 @@ impl Dns {
                 .to_string(),
         }
     }
+}
+
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.dns;
+    cfg.enabled
+        .then(|| Box::new(Dns::new(cfg.clone())) as Box<dyn Policy>)
 }
 
 impl Policy for Dns {
@@ -96,7 +107,7 @@ impl Policy for Dns {
         if let Some(i) = replace_ndots {
             let index = i.to_string();
             let was = ndots_value.unwrap_or(Value::Null);
-            let _ = m.set(
+            m.set(
                 &["spec", "dnsConfig", "options", &index, "value"],
                 Value::String(self.ndots.clone()),
                 format!("ndots {was} -> {} (override: true)", self.ndots),
@@ -112,12 +123,12 @@ impl Policy for Dns {
                 .map(|o| self.message(o))
                 .collect::<Vec<_>>()
                 .join("; ");
-            let _ = m.set(&options_path, Value::Array(append), text);
+            m.set(&options_path, Value::Array(append), text);
             return;
         }
         for option in append {
             let text = self.message(&option);
-            if m.append(&options_path, option, text).is_err() {
+            if m.append(&options_path, option, text) == Edit::Refused {
                 return;
             }
         }

@@ -22,16 +22,26 @@ use crate::selector::{self, Scope};
 use kube::core::admission::Operation;
 use serde_json::Value;
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "lease";
 
+/// The policy.
 pub struct Lease {
     cfg: LeaseConfig,
 }
 
 impl Lease {
+    /// The policy for this `lease` section.
     pub fn new(cfg: LeaseConfig) -> Self {
         Lease { cfg }
     }
+}
+
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.lease;
+    cfg.enabled
+        .then(|| Box::new(Lease::new(cfg.clone())) as Box<dyn Policy>)
 }
 
 /// One selector found in the pod: where it is, the text, and how to write it back.
@@ -82,7 +92,7 @@ impl Policy for Lease {
             };
             let message = format!("lease selector {:?} -> {new:?} ({why})", f.selector);
             let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
-            let _ = m.set(&path, Value::String(format!("{}{new}", f.prefix)), message);
+            m.set(&path, Value::String(format!("{}{new}", f.prefix)), message);
         }
     }
 }

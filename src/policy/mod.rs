@@ -13,6 +13,7 @@
 //! | `rollout`         | Deployment | CREATE, UPDATE  |
 //! | `rollout-history` | Deployment | UPDATE          |
 
+use crate::config::Config;
 use crate::patch::Mutation;
 use kube::core::admission::Operation;
 use serde_json::Value;
@@ -26,7 +27,9 @@ pub mod rollout_history;
 /// The kinds calmplane mutates. Everything else is allowed untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// `v1 Pod`: lease selectors, DNS options and preStop hooks live here.
     Pod,
+    /// `apps/v1 Deployment`: rollout strategy and rollout history live here.
     Deployment,
 }
 
@@ -49,6 +52,7 @@ impl Kind {
         Kind::from_gvk(group, version, kind)
     }
 
+    /// The Kubernetes kind name, e.g. `Pod`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Pod => "Pod",
@@ -60,10 +64,14 @@ impl Kind {
 /// What a policy may know about the request besides the object itself.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
+    /// The object's kind, already accepted by [`Policy::handles`]; there for a
+    /// policy that acts differently per kind.
     pub kind: Kind,
+    /// CREATE or UPDATE: some edits are only safe, or only needed, on one.
     pub operation: Operation,
     /// The request's namespace, falling back to the object's own.
     pub namespace: Option<&'a str>,
+    /// The object before an UPDATE; `rollout-history` compares templates with it.
     pub old_object: Option<&'a Value>,
     /// Unix seconds, taken once per request from the pipeline's clock.
     pub now: i64,
@@ -81,14 +89,50 @@ pub trait Policy: Send + Sync {
     fn apply(&self, ctx: &Context<'_>, m: &mut Mutation);
 }
 
-/// The names of every policy, in pipeline order.
-pub const NAMES: [&str; 5] = [
-    lease::NAME,
-    rollout_history::NAME,
-    dns::NAME,
-    prestop::NAME,
-    rollout::NAME,
+/// One entry of the policy list: a name and how the policy file builds it.
+pub struct Entry {
+    /// The policy's name ([`Policy::name`]), known without building it, for
+    /// `calmplane.dev/skip` checks and reports.
+    pub name: &'static str,
+    /// The policy as the policy file configures it; `None` when it is disabled.
+    pub build: fn(&Config) -> Option<Box<dyn Policy>>,
+}
+
+/// Every policy, in pipeline order. This is the one list: the pipeline, the
+/// skip annotation's names and the reports all read it.
+pub const ALL: [Entry; 5] = [
+    Entry {
+        name: lease::NAME,
+        build: lease::build,
+    },
+    Entry {
+        name: rollout_history::NAME,
+        build: rollout_history::build,
+    },
+    Entry {
+        name: dns::NAME,
+        build: dns::build,
+    },
+    Entry {
+        name: prestop::NAME,
+        build: prestop::build,
+    },
+    Entry {
+        name: rollout::NAME,
+        build: rollout::build,
+    },
 ];
+
+/// The names of every policy, in pipeline order, read off [`ALL`].
+pub const NAMES: [&str; ALL.len()] = {
+    let mut names = [""; ALL.len()];
+    let mut i = 0;
+    while i < ALL.len() {
+        names[i] = ALL[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// The indexes and values of `spec.containers` (or another container list)
 /// that are objects.

@@ -18,16 +18,20 @@ use crate::patch::{present, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "prestop";
 /// The apiserver's default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
+/// The policy.
 pub struct Prestop {
     cfg: PrestopConfig,
+    /// The preStop handler to add, built once from the config, not per container.
     hook: Value,
 }
 
 impl Prestop {
+    /// The policy for this `prestop` section.
     pub fn new(cfg: PrestopConfig) -> Self {
         let seconds = cfg.sleep_seconds;
         let hook = match cfg.mode {
@@ -38,6 +42,13 @@ impl Prestop {
         };
         Prestop { cfg, hook }
     }
+}
+
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.prestop;
+    cfg.enabled
+        .then(|| Box::new(Prestop::new(cfg.clone())) as Box<dyn Policy>)
 }
 
 impl Policy for Prestop {
@@ -74,7 +85,7 @@ impl Policy for Prestop {
                 "container {name:?}: preStop sleeps {}s so endpoint removal propagates before SIGTERM",
                 self.cfg.sleep_seconds
             );
-            added |= m.set(&path, self.hook.clone(), message).unwrap_or(false);
+            added |= m.set(&path, self.hook.clone(), message).changed();
         }
         if added {
             self.ensure_grace(m);
@@ -100,7 +111,7 @@ impl Prestop {
             "terminationGracePeriodSeconds {current} -> {needed}: the {}s preStop sleep plus {}s to drain",
             self.cfg.sleep_seconds, self.cfg.min_drain_seconds
         );
-        if m.set(&path, json!(needed), message).unwrap_or(false) {
+        if m.set(&path, json!(needed), message).changed() {
             m.warn(format!(
                 "calmplane raised terminationGracePeriodSeconds from {current} to {needed} to fit a {}s preStop sleep",
                 self.cfg.sleep_seconds

@@ -9,21 +9,22 @@
 //! strategy is fine: the apiserver defaults it to RollingUpdate.
 
 use super::{Context, Kind, Policy};
-use crate::config::RolloutConfig;
 use crate::patch::{present, str_at, Mutation};
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "rollout";
 
-pub struct Rollout {
-    _cfg: RolloutConfig,
-}
+/// The policy. It has nothing to configure but whether it runs.
+pub struct Rollout;
 
-impl Rollout {
-    pub fn new(cfg: RolloutConfig) -> Self {
-        Rollout { _cfg: cfg }
-    }
+/// The policy, unless the policy file disables it.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    config
+        .rollout
+        .enabled
+        .then(|| Box::new(Rollout) as Box<dyn Policy>)
 }
 
 /// `0`, `"0"` and `"0%"` (and `"00%"`) all mean zero to the Deployment controller.
@@ -60,7 +61,7 @@ impl Policy for Rollout {
         if let Some(s) = surge_value.filter(is_zero) {
             let message =
                 format!("maxSurge {s} -> 1: maxSurge and maxUnavailable cannot both be 0");
-            if m.set(&surge, json!(1), message).unwrap_or(false) {
+            if m.set(&surge, json!(1), message).changed() {
                 m.warn(format!(
                     "calmplane raised maxSurge from {s} to 1: with maxUnavailable 0 a rollout needs room to surge"
                 ));
@@ -70,7 +71,7 @@ impl Policy for Rollout {
             return;
         }
         let was = old_unavailable.map_or_else(|| "unset (25%)".to_string(), |v| v.to_string());
-        let _ = m.set(
+        m.set(
             &unavailable,
             json!(0),
             format!("maxUnavailable {was} -> 0: capacity never drops during a rollout"),

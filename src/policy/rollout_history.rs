@@ -23,17 +23,27 @@ use crate::{LEASE_SCOPE_ANNOTATION, ROLLOUTS_ANNOTATION};
 use kube::core::admission::Operation;
 use serde_json::Value;
 
+/// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "rollout-history";
 const WINDOW_SECONDS: i64 = 3600;
 
+/// The policy. Holds no history itself: that lives in each Deployment.
 pub struct RolloutHistory {
     cfg: RolloutHistoryConfig,
 }
 
 impl RolloutHistory {
+    /// The policy for this `rolloutHistory` section.
     pub fn new(cfg: RolloutHistoryConfig) -> Self {
         RolloutHistory { cfg }
     }
+}
+
+/// The policy as the policy file configures it, unless disabled.
+pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
+    let cfg = &config.rollout_history;
+    cfg.enabled
+        .then(|| Box::new(RolloutHistory::new(cfg.clone())) as Box<dyn Policy>)
 }
 
 impl Policy for RolloutHistory {
@@ -72,7 +82,7 @@ impl Policy for RolloutHistory {
             .collect::<Vec<_>>()
             .join(",");
         let count = stamps.len();
-        let _ = m.set(
+        m.set(
             &["metadata", "annotations", ROLLOUTS_ANNOTATION],
             Value::String(history),
             format!("recorded a template change: {count} rollout(s) in the last hour"),
@@ -87,7 +97,7 @@ impl Policy for RolloutHistory {
         ];
         let limit = self.cfg.hot_rollouts_per_hour as usize;
         if count > limit {
-            let _ = m.set(
+            m.set(
                 &scope_path,
                 Value::String(format!("deployment/{name}")),
                 format!(

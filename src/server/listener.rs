@@ -20,22 +20,30 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-#[derive(Debug, Clone)]
+/// What one client may take from the server. Defaults live in the `#[arg]`
+/// attributes; [`Limits::default`] reads them from there.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
+    /// Most concurrent connections; more are closed at once, so that a flood
+    /// of connections cannot exhaust file descriptors or memory.
+    #[arg(long, env = "CALMPLANE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Drop a connection that has not finished the TLS handshake in this
+    /// time: a client that connects and says nothing must not hold a slot.
+    #[arg(long, env = "CALMPLANE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Drop a connection that has not sent complete headers in this time
+    /// (slowloris).
+    #[arg(long = "header-timeout", env = "CALMPLANE_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
+    /// On shutdown, wait at most this long for in-flight requests.
+    #[arg(long, env = "CALMPLANE_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            handshake_timeout: Duration::from_secs(5),
-            header_read_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(20),
-        }
+        super::ServeOptions::default().limits
     }
 }
 

@@ -3,35 +3,40 @@
 //!
 //! ```text
 //! TLS accept (listener.rs) ─ hyper http1 ─ axum Router
-//!    POST /mutate  ─ review::parse ─ Pipeline::run ─ review::response_body
+//!    observe            count and log every ApiError, whoever raised it
+//!    catch panic        a panic becomes a 500 for that one request
+//!    timeout            408 past --request-timeout
+//!    body limits        413 past MAX_BODY_BYTES
+//!    POST /mutate  ─ review::parse ─ review::admit ─ Admission::response_body
 //!    POST /preview ─ preview::preview
 //! ```
 //!
-//! The handlers are thin: they time, count and log, and turn errors into
-//! `{"error": "..."}` with a 4xx status. A panic inside the pipeline is caught
-//! here and becomes a 500 for that one request.
+//! The handlers are thin: they time, count and log successes, and return
+//! [`ApiError`] for everything else.
 
+pub mod error;
 pub mod listener;
 pub mod serve;
 pub mod tls;
 
+pub use error::ApiError;
 pub use serve::{ServeError, ServeOptions, Server};
 
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::{preview, review};
 use arc_swap::ArcSwap;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use serde::Deserialize;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The largest request body accepted, as the apiserver's own limit for
@@ -42,12 +47,14 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct AppState {
     /// Swapped whole when the policy file reloads.
     pub pipeline: ArcSwap<Pipeline>,
+    /// The counters and histograms `/metrics` serves.
     pub metrics: Arc<Metrics>,
     /// False from the moment shutdown starts, so endpoints drop this pod.
     pub ready: AtomicBool,
 }
 
 impl AppState {
+    /// State serving `pipeline`, ready.
     pub fn new(pipeline: Pipeline, metrics: Arc<Metrics>) -> Arc<AppState> {
         Arc::new(AppState {
             pipeline: ArcSwap::from_pointee(pipeline),
@@ -59,23 +66,25 @@ impl AppState {
 
 /// The TLS-port application.
 pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    let timeout = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(
+            move |_: tower::BoxError| async move { ApiError::timeout(request_timeout) },
+        ))
+        .timeout(request_timeout);
     Router::new()
         .route("/mutate", post(mutate))
         .route("/preview", post(preview_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            refuse_announced_oversize,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        .layer(axum::middleware::from_fn(refuse_announced_oversize))
+        .layer(timeout)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            let mut response = ApiError::internal("internal error").into_response();
+            response.extensions_mut().insert(Panicked);
+            response
         }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -95,19 +104,87 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
     )
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": message.into() }).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+/// Marks the 500 that the panic catcher produced.
+#[derive(Clone, Copy)]
+struct Panicked;
+
+/// What `/mutate` learned about a request before it failed, for the labels
+/// and the message of its error. The handler fills it once the review
+/// parses; [`observe`] reads it, even after a panic unwound the handler.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Option<SeenRequest>>>);
+
+struct SeenRequest {
+    uid: String,
+    kind: &'static str,
+    operation: &'static str,
 }
 
-fn body_error(rejection: BytesRejection) -> Response {
-    let status = rejection.status();
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        format!("request body is larger than {MAX_BODY_BYTES} bytes")
-    } else {
-        rejection.body_text()
+impl Seen {
+    fn set(&self, request: SeenRequest) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
+    }
+
+    fn take(&self) -> Option<SeenRequest> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The one place errors are counted and logged: every [`ApiError`] response
+/// passes here, whether a handler, a body limit, the timeout or the panic
+/// catcher produced it.
+async fn observe(
+    State(state): State<Arc<AppState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mutate = request.uri().path() == "/mutate";
+    let seen = Seen::default();
+    request.extensions_mut().insert(seen.clone());
+    let mut response = next.run(request).await;
+    let Some(mut error) = response.extensions().get::<ApiError>().cloned() else {
+        return response;
     };
-    error(status, message)
+    let seen = seen.take();
+    let (uid, kind, operation) = seen.as_ref().map_or(("", "unknown", "unknown"), |s| {
+        (&s.uid[..], s.kind, s.operation)
+    });
+    if response.extensions().get::<Panicked>().is_some() {
+        error = ApiError::internal(if mutate {
+            format!("internal error while mutating request {uid}")
+        } else {
+            "internal error while previewing".to_string()
+        });
+        tracing::error!(
+            uid,
+            kind,
+            operation,
+            "request panicked; it failed, the server keeps serving"
+        );
+        response = error.clone().into_response();
+    } else if error.status.is_server_error() {
+        tracing::error!(uid, status = error.status.as_u16(), error = %error.message, "request failed");
+    } else if mutate {
+        tracing::warn!(uid, status = error.status.as_u16(), error = %error.message, "rejected admission request");
+    } else {
+        tracing::warn!(status = error.status.as_u16(), error = %error.message, "rejected request");
+    }
+    if mutate {
+        state
+            .metrics
+            .requests
+            .with_label_values(&[kind, operation, "error"])
+            .inc();
+    }
+    response
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(MAX_BODY_BYTES)
+    } else {
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
 }
 
 /// A body announced (Content-Length) larger than the cap is refused before
@@ -115,7 +192,6 @@ fn body_error(rejection: BytesRejection) -> Response {
 /// instead of after the server has read and decrypted 8 MiB of it. Bodies
 /// without a length are still cut at the cap by `DefaultBodyLimit`.
 async fn refuse_announced_oversize(
-    State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -125,31 +201,9 @@ async fn refuse_announced_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        if request.uri().path() == "/mutate" {
-            state
-                .metrics
-                .requests
-                .with_label_values(&["unknown", "unknown", "error"])
-                .inc();
-        }
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        );
+        return ApiError::too_large(MAX_BODY_BYTES).into_response();
     }
     next.run(request).await
-}
-
-/// The longest error message logged or returned for a rejected body.
-const MAX_ERROR_CHARS: usize = 512;
-
-fn clip(mut message: String) -> String {
-    if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
-        let more = message.len() - cut;
-        message.truncate(cut);
-        message.push_str(&format!("... ({more} more bytes)"));
-    }
-    message
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -171,71 +225,42 @@ fn kind_label(kind: &str) -> &'static str {
 
 async fn mutate(
     State(state): State<Arc<AppState>>,
+    Extension(seen): Extension<Seen>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let m = &state.metrics;
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            m.requests
-                .with_label_values(&["unknown", "unknown", "error"])
-                .inc();
-            return body_error(rejection);
-        }
-    };
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
     let start = Instant::now();
-    let request = match review::parse(&body) {
-        Ok(request) => request,
-        Err(e) => {
-            m.requests
-                .with_label_values(&["unknown", "unknown", "error"])
-                .inc();
-            // serde's messages quote the offending value, which the client
-            // chose: clip it so that one request cannot write megabytes of log.
-            let message = clip(e.to_string());
-            tracing::warn!(error = %message, "rejected admission request");
-            return error(StatusCode::BAD_REQUEST, message);
-        }
-    };
+    let request = review::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    seen.set(SeenRequest {
+        uid: request.uid.clone(),
+        kind: kind_label(&request.kind.kind),
+        operation: review::operation_label(&request.operation),
+    });
     let pipeline = state.pipeline.load();
-    let kind_hint = kind_label(&request.kind.kind);
-    let op_hint = review::operation_label(&request.operation);
-    let uid = request.uid.clone();
-    let result = catch_unwind(AssertUnwindSafe(|| review::admit(&pipeline, request)));
+    let admission = review::admit(&pipeline, request);
+    let body = admission.response_body();
     let elapsed = start.elapsed();
+    let m = &state.metrics;
     m.duration.observe(elapsed.as_secs_f64());
-    match result {
-        Ok((summary, body, _)) => {
-            let verdict = summary.verdict.as_str();
-            m.requests
-                .with_label_values(&[kind_label(&summary.kind), summary.operation, verdict])
-                .inc();
-            for policy in &summary.policies {
-                m.policy_changes.with_label_values(&[policy]).inc();
-            }
-            tracing::info!(
-                uid = %summary.uid,
-                kind = %summary.kind,
-                namespace = %summary.namespace,
-                operation = summary.operation,
-                result = verdict,
-                policies = %summary.policies.join(","),
-                duration_us = elapsed.as_micros() as u64,
-                "admission"
-            );
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        Err(_) => {
-            m.requests
-                .with_label_values(&[kind_hint, op_hint, "error"])
-                .inc();
-            tracing::error!(uid = %uid, kind = kind_hint, operation = op_hint, "policy panicked; request failed, server keeps serving");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal error while mutating request {uid}"),
-            )
-        }
+    let summary = &admission.summary;
+    let verdict = summary.verdict.as_str();
+    m.requests
+        .with_label_values(&[kind_label(&summary.kind), summary.operation, verdict])
+        .inc();
+    for policy in &summary.policies {
+        m.policy_changes.with_label_values(&[policy]).inc();
     }
+    tracing::info!(
+        uid = %summary.uid,
+        kind = %summary.kind,
+        namespace = %summary.namespace,
+        operation = summary.operation,
+        result = verdict,
+        policies = %summary.policies.join(","),
+        duration_us = elapsed.as_micros() as u64,
+        "admission"
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -247,28 +272,14 @@ async fn preview_handler(
     State(state): State<Arc<AppState>>,
     Query(query): Query<PreviewQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_error(rejection),
-    };
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
     let pipeline = state.pipeline.load();
     let namespace = query.namespace.as_deref().filter(|ns| !ns.is_empty());
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        preview::preview(&pipeline, &body, namespace)
-    }));
-    match result {
-        Ok(Ok(preview)) => match serde_json::to_string_pretty(&preview) {
-            Ok(mut json) => {
-                json.push('\n');
-                ([(header::CONTENT_TYPE, "application/json")], json).into_response()
-            }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error while previewing",
-        ),
-    }
+    let preview = preview::preview(&pipeline, &body, namespace)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut json = serde_json::to_string_pretty(&preview)
+        .map_err(|e| ApiError::internal(format!("cannot write the preview: {e}")))?;
+    json.push('\n');
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }

@@ -1,4 +1,9 @@
 //! Putting the server together: bind, load TLS and policy, watch files, run, drain.
+//!
+//! [`ServeOptions`] is both the `calmplane serve` command line and the options
+//! struct the library takes, as kubert's `ServerArgs` is: every default is
+//! written once, in its `#[arg]` attribute, and tests start from
+//! [`ServeOptions::default`], which is what the command line gives with no flags.
 
 use super::listener::{self, Limits};
 use super::tls::{TlsError, TlsPaths, TlsStore};
@@ -6,6 +11,7 @@ use super::{metrics_router, router, AppState};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, SystemClock};
+use clap::Parser as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,101 +20,125 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A port could not be bound (in use, or not allowed).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The policy file could not be loaded.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
 
-#[derive(Debug, Clone)]
+/// Everything `calmplane serve` can be told, with its defaults.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeOptions {
+    /// Address of the TLS port (use 0.0.0.0:8443 in a cluster).
+    #[arg(long, env = "CALMPLANE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
-    pub metrics_listen: Option<SocketAddr>,
+    /// Address of the plaintext /metrics port.
+    #[arg(
+        long,
+        env = "CALMPLANE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// The serving certificate and, for mTLS, the client CA.
+    #[command(flatten)]
     pub tls: TlsPaths,
+    /// Policy file (YAML). Built-in defaults apply without one.
+    #[arg(long, env = "CALMPLANE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Connection limits against bad clients.
+    #[command(flatten)]
     pub limits: Limits,
+    /// Answer 408 to a request not done in this time.
+    #[arg(long, env = "CALMPLANE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// How long to keep serving after SIGTERM with `/readyz` failing.
+    /// After SIGTERM, keep serving this long with /readyz failing.
+    #[arg(long, env = "CALMPLANE_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_delay: Duration,
     /// How often certificate and policy files are checked for changes.
+    #[arg(long, env = "CALMPLANE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
 }
 
-impl ServeOptions {
-    /// Defaults for the given certificate paths; used by tests and benches.
-    pub fn new(cert: PathBuf, key: PathBuf) -> Self {
-        ServeOptions {
-            listen: ([127, 0, 0, 1], 8443).into(),
-            metrics_listen: Some(([127, 0, 0, 1], 9090).into()),
-            tls: TlsPaths {
-                cert,
-                key,
-                client_ca: None,
-            },
-            config: None,
-            limits: Limits::default(),
-            request_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::from_secs(5),
-            reload_interval: Duration::from_secs(1),
-        }
+/// Parses nothing but [`ServeOptions`], to read its defaults.
+#[derive(clap::Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    opts: ServeOptions,
+}
+
+impl Default for ServeOptions {
+    /// What `calmplane serve` uses with no flags (environment variables
+    /// included), taken from the `#[arg]` attributes, the one place the
+    /// defaults are written.
+    fn default() -> Self {
+        DefaultsOnly::parse_from(["calmplane"]).opts
     }
 }
 
-/// A bound, loaded server, ready to run.
-pub struct Server {
-    opts: ServeOptions,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
-    tls: Arc<TlsStore>,
-    pub state: Arc<AppState>,
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
-}
-
-impl Server {
-    pub async fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
-        let config = match &opts.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
-        let tls = Arc::new(TlsStore::load(opts.tls.clone())?);
-        let listener = bind(opts.listen).await?;
-        let metrics_listener = match opts.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
+impl ServeOptions {
+    /// Bind the ports and load the certificate and the policy file.
+    pub async fn bind(self) -> Result<Server, ServeError> {
+        let loaded = Config::load_or_default(self.config.as_deref())?;
+        let tls = Arc::new(TlsStore::load(self.tls.clone())?);
+        let (listener, addr) = bind(self.listen).await?;
+        let (metrics_listener, metrics_addr) = bind(self.metrics_listen).await?;
         let metrics = Arc::new(Metrics::new());
-        let state = AppState::new(Pipeline::new(&config, Arc::new(SystemClock)), metrics);
+        let state = AppState::new(Pipeline::new(&loaded, Arc::new(SystemClock)), metrics);
         Ok(Server {
-            opts,
+            opts: self,
+            addr,
+            metrics_addr,
             listener,
             metrics_listener,
             tls,
             state,
         })
     }
+}
 
+/// A bound, loaded server, ready to run.
+pub struct Server {
+    opts: ServeOptions,
+    /// Where the TLS port really is (the options may have asked for port 0).
+    addr: SocketAddr,
+    /// Where the metrics port really is.
+    metrics_addr: SocketAddr,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    tls: Arc<TlsStore>,
+    /// Shared with every request; tests swap its pipeline and read its metrics.
+    pub state: Arc<AppState>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let error = |source| ServeError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
+}
+
+impl Server {
+    /// The address of the TLS port.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addr
     }
 
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
+    /// The address of the plaintext metrics port.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Serve until `shutdown` completes; then fail readiness, keep serving for
@@ -117,10 +147,12 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let Server {
             opts,
+            addr,
             listener,
             metrics_listener,
             tls,
             state,
+            ..
         } = self;
         let metrics = state.metrics.clone();
         let tls_watch = tls.clone().watch(opts.reload_interval, metrics.clone());
@@ -128,12 +160,10 @@ impl Server {
             .config
             .clone()
             .map(|path| watch_config(path, opts.reload_interval, state.clone()));
-        let metrics_task = metrics_listener.map(|l| {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, metrics_router(metrics)).await {
-                    tracing::error!(error = %e, "metrics server failed");
-                }
-            })
+        let metrics_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, metrics_router(metrics)).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
         });
 
         let app = router(state.clone(), opts.request_timeout);
@@ -149,15 +179,13 @@ impl Server {
             tokio::time::sleep(delay).await;
             tracing::info!("shutdown: no longer accepting; draining in-flight requests");
         };
-        tracing::info!(listen = %opts.listen, "calmplane serving");
+        tracing::info!(listen = %addr, "calmplane serving");
         let drained = listener::serve(listener, tls, app, opts.limits.clone(), shutdown).await;
         tls_watch.abort();
         if let Some(t) = config_watch {
             t.abort();
         }
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
+        metrics_task.abort();
         tracing::info!(drained, "calmplane stopped");
         drained
     }
@@ -181,9 +209,9 @@ fn watch_config(
             if last.as_deref() == Some(&bytes[..]) {
                 continue;
             }
-            last = Some(bytes.clone());
-            let text = String::from_utf8_lossy(&bytes);
-            match Config::from_yaml(&text, &path.display().to_string()) {
+            let result = Config::from_bytes(&bytes, &path.display().to_string());
+            last = Some(bytes);
+            match result {
                 Ok(config) => {
                     state
                         .pipeline

@@ -24,31 +24,63 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Why the files on disk are not a usable TLS config. At start this stops the
+/// server; on reload the current config stays.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read; during a rotation often only for a moment.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The certificate file holds no `CERTIFICATE` block (empty or half-written).
     #[error("{path}: no PEM certificate found")]
-    NoCertificate { path: String },
+    NoCertificate {
+        /// The file.
+        path: String,
+    },
+    /// A PEM file (certificate or key) does not parse.
     #[error("{path}: {message}")]
-    Pem { path: String, message: String },
+    Pem {
+        /// The file.
+        path: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// Both files parse but rustls refuses them together, e.g. a key from the
+    /// next rotation next to the old certificate.
     #[error("certificate and key do not form a valid pair: {0}")]
     Pair(rustls::Error),
+    /// The client CA file does not make a usable trust root for mTLS.
     #[error("client CA {path}: {message}")]
-    ClientCa { path: String, message: String },
+    ClientCa {
+        /// The file.
+        path: String,
+        /// What rustls or the parser said.
+        message: String,
+    },
 }
 
-#[derive(Debug, Clone)]
+/// Where the serving certificate, its key and the optional client CA live.
+#[derive(Debug, Clone, clap::Args)]
 pub struct TlsPaths {
+    /// PEM certificate chain (leaf first).
+    #[arg(long, env = "CALMPLANE_CERT", default_value = "certs/tls.crt")]
     pub cert: PathBuf,
+    /// PEM private key.
+    #[arg(long, env = "CALMPLANE_KEY", default_value = "certs/tls.key")]
     pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA (mTLS).
+    /// Require client certificates signed by this CA (mTLS). When set,
+    /// clients must present a certificate signed by it.
+    #[arg(long, env = "CALMPLANE_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 }
 
+/// The current TLS config, swapped atomically when the files change, so a
+/// handshake never waits on a reload.
 pub struct TlsStore {
     paths: TlsPaths,
     current: ArcSwap<ServerConfig>,

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use calmplane::certs;
-use calmplane::server::{AppState, ServeOptions, Server};
+use calmplane::server::{AppState, ServeOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::pem::PemObject;
@@ -57,15 +57,17 @@ impl TestServer {
         let generated =
             certs::generate(&certs::serving_names("calmplane", "calmplane")).expect("certs");
         certs::write(dir.path(), &generated).expect("write certs");
-        let mut opts = ServeOptions::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let mut opts = ServeOptions::default();
+        opts.tls.cert = dir.path().join("tls.crt");
+        opts.tls.key = dir.path().join("tls.key");
         opts.listen = ([127, 0, 0, 1], 0).into();
-        opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        opts.metrics_listen = ([127, 0, 0, 1], 0).into();
         opts.shutdown_delay = Duration::from_millis(0);
         opts.reload_interval = Duration::from_millis(100);
         tweak(&mut opts);
-        let server = Server::bind(opts).await.expect("server binds");
+        let server = opts.bind().await.expect("server binds");
         let addr = server.local_addr();
-        let metrics_addr = server.metrics_addr();
+        let metrics_addr = Some(server.metrics_addr());
         let state = server.state.clone();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(server.run(async move {
