@@ -3,6 +3,8 @@
 //! `clientConfig.url` ([`webhook`]), and readers for the apiserver's metrics
 //! ([`prom`]). The cases are in `tests/control_plane.rs`.
 
+#![deny(missing_docs)]
+
 pub mod cluster;
 pub mod pki;
 pub mod prom;

@@ -152,28 +152,17 @@ impl Calmplane {
     }
 
     /// The MutatingWebhookConfiguration for this process: `calmplane
-    /// manifests`, with every webhook's `clientConfig.service` replaced by
-    /// `url: <url><its path>` (until `calmplane manifests --url` exists).
+    /// manifests --url <url>`, which points every webhook at `<url><its path>`.
     /// `ca_bundle` is the PEM file the apiserver trusts calmplane with.
     pub fn webhook_configuration(&self, ca_bundle: &Path) -> Result<Value> {
         let yaml = run(self
             .command()
             .arg("manifests")
             .arg("--ca-bundle")
-            .arg(ca_bundle))?;
-        let mut config: Value = serde_yaml::from_str(&yaml)?;
-        let webhooks = config["webhooks"].as_array_mut().context("no webhooks")?;
-        for webhook in webhooks {
-            let client_config = webhook["clientConfig"]
-                .as_object_mut()
-                .context("no clientConfig")?;
-            let service = client_config
-                .remove("service")
-                .context("no clientConfig.service")?;
-            let path = service["path"].as_str().unwrap_or("/");
-            client_config.insert("url".into(), json!(format!("{}{path}", self.url())));
-        }
-        Ok(config)
+            .arg(ca_bundle)
+            .arg("--url")
+            .arg(self.url()))?;
+        Ok(serde_yaml::from_str(&yaml)?)
     }
 }
 

@@ -989,6 +989,98 @@ async fn serves_with(addr: std::net::SocketAddr, ca_pem: &str) -> bool {
     connector.connect(name, tcp).await.is_ok()
 }
 
+// --- 8 ----------------------------------------------------------------------
+
+/// `calmplane register --url` against the real apiserver: it creates the
+/// configuration by server-side apply (field manager `calmplane`), the
+/// apiserver then calls calmplane through it; `--dry-run` with another CA
+/// stores nothing, and a second run changes nothing.
+async fn c8_register(env: &Env) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(env.client());
+    api.delete("calmplane", &Default::default()).await?;
+    let (url, ca_bundle, other_ca) = {
+        let calmplane = env.calmplane.lock().await;
+        let other = calmplane.generate("gen-register-dry-run")?;
+        (calmplane.url(), calmplane.ca_bundle(), other.join("ca.crt"))
+    };
+    let register = |ca: &Path, extra: &[&str]| -> Result<String> {
+        let calmplane = env.calmplane.try_lock()?;
+        let mut cmd = calmplane.command();
+        cmd.env("KUBECONFIG", &env.cluster.kubeconfig)
+            .args([
+                "--log-format",
+                "text",
+                "register",
+                "--url",
+                &url,
+                "--ca-bundle",
+            ])
+            .arg(ca)
+            .args(extra);
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "calmplane register {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    register(&ca_bundle, &[])?;
+    let stored = api.get("calmplane").await?;
+    let v = serde_json::to_value(&stored)?;
+    use base64::Engine as _;
+    let want_ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&ca_bundle)?);
+    for w in v["webhooks"].as_array().context("webhooks")? {
+        ensure!(
+            w["clientConfig"]["url"] == format!("{url}/mutate"),
+            "clientConfig {}",
+            w["clientConfig"]
+        );
+        ensure!(w["clientConfig"].get("service").is_none());
+        ensure!(
+            w["clientConfig"]["caBundle"] == want_ca.as_str(),
+            "caBundle is not calmplane's CA"
+        );
+    }
+    let managers: Vec<(&str, &str)> = v["metadata"]["managedFields"]
+        .as_array()
+        .context("managedFields")?
+        .iter()
+        .filter_map(|m| Some((m["manager"].as_str()?, m["operation"].as_str()?)))
+        .collect();
+    ensure!(
+        managers == [("calmplane", "Apply")],
+        "managers {managers:?}"
+    );
+    let version = stored.metadata.resource_version.clone();
+    let ns = env.namespace("c8", &[(ENABLED, "true")]).await?;
+    env.wait_mutating(&ns)
+        .await
+        .context("through the registered configuration")?;
+
+    let said = register(&other_ca, &["--dry-run"])?;
+    ensure!(said.contains("dry run"), "--dry-run said: {said}");
+    let after = api.get("calmplane").await?;
+    ensure!(
+        after.metadata.resource_version == version,
+        "--dry-run stored a change"
+    );
+    let v = serde_json::to_value(&after)?;
+    ensure!(
+        v["webhooks"][0]["clientConfig"]["caBundle"] == want_ca.as_str(),
+        "--dry-run changed the caBundle"
+    );
+
+    register(&ca_bundle, &[])?;
+    let again = api.get("calmplane").await?;
+    ensure!(
+        again.metadata.resource_version == version,
+        "a second run wrote the configuration again"
+    );
+    Ok(())
+}
+
 // --- 9 ----------------------------------------------------------------------
 
 const LATENCY_PODS: usize = 1000;
@@ -1101,6 +1193,7 @@ fn main() {
         c5_failure_policy,
         c6_reinvocation,
         c7_certificate_rotation,
+        c8_register,
         c9_latency,
     ];
     let trials = cases
