@@ -19,8 +19,8 @@ if [ -f "$bin/.stamp" ] && [ "$(cat "$bin/.stamp")" = "$stamp" ] \
 	exit 0
 fi
 
-k8s_version="$(cd "$here/cluster" && go mod edit -json | jq -r '.Require[] | select(.Path == "k8s.io/kubernetes") | .Version')"
-etcd_version="$(cd "$here/etcd" && go mod edit -json | jq -r '.Require[] | select(.Path == "go.etcd.io/etcd/server/v3") | .Version')"
+k8s_version="$(cd "$here/cluster" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+etcd_version="$(cd "$here/etcd" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
 [[ "$k8s_version" =~ ^v1\.([0-9]+)\. ]] || { echo "e2e/build.sh: no k8s.io/kubernetes release in cluster/go.mod" >&2; exit 1; }
 minor="${BASH_REMATCH[1]}"
 

@@ -12,11 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-version="${1:-$(go mod edit -json | jq -r '.Require[] | select(.Path == "k8s.io/kubernetes") | .Version')}"
+version="${1:-$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2 } $1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' go.mod | head -n 1)}"
 [[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || { echo "not a k8s.io/kubernetes release: '$version'" >&2; exit 1; }
 staging="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
 
-gomod="$(go mod download -json "k8s.io/kubernetes@${version}" | jq -r .GoMod)"
+gomod="$(go mod download -json "k8s.io/kubernetes@${version}" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+[ -f "$gomod" ] || { echo "go mod download k8s.io/kubernetes@${version} gave no go.mod" >&2; exit 1; }
 modules="$(awk '$2 == "=>" && $3 ~ /^\.\/staging\/src\// { print $1 }' "$gomod" | sort -u)"
 [ -n "$modules" ] || { echo "no staging replaces found in $gomod" >&2; exit 1; }
 
@@ -30,4 +31,5 @@ awk '/^\/\/ BEGIN generated staging replaces/ { skip = 1 } !skip { print } /^\/\
 	echo "// END generated staging replaces"
 } >> go.mod.tmp
 mv go.mod.tmp go.mod
+go mod edit -fmt
 echo "$(wc -w <<<"$modules") staging modules replaced at ${staging}" >&2

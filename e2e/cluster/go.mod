@@ -159,6 +159,11 @@ require (
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
 
+tool (
+	k8s.io/kubernetes/cmd/kube-apiserver
+	k8s.io/kubernetes/cmd/kube-controller-manager
+)
+
 // BEGIN generated staging replaces (gen-replaces.sh, k8s.io/kubernetes v1.36.3): do not edit
 replace (
 	k8s.io/api => k8s.io/api v0.36.3
@@ -197,8 +202,3 @@ replace (
 )
 
 // END generated staging replaces
-
-tool (
-	k8s.io/kubernetes/cmd/kube-apiserver
-	k8s.io/kubernetes/cmd/kube-controller-manager
-)
