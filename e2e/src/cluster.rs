@@ -51,7 +51,12 @@ impl Cluster {
     /// `default` ServiceAccount.
     pub async fn start() -> Result<Cluster> {
         let bin = bin_dir();
-        for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        for name in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+        ] {
             if !bin.join(name).is_file() {
                 bail!(
                     "{} is missing: build the control plane with `make e2e-build` (e2e/build.sh)",
@@ -219,9 +224,12 @@ impl Cluster {
         Ok(self.client.request_text(get("/metrics")?).await?)
     }
 
-    /// `kubectl` against this cluster (the admin kubeconfig).
+    /// `kubectl` (the one e2e/build.sh built from the same release, or
+    /// `KUBECTL`) against this cluster, with the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
-        let mut cmd = Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()));
+        let kubectl =
+            std::env::var_os("KUBECTL").map_or_else(|| bin_dir().join("kubectl"), PathBuf::from);
+        let mut cmd = Command::new(kubectl);
         cmd.env("KUBECONFIG", &self.kubeconfig);
         cmd
     }

@@ -124,6 +124,44 @@ impl Env {
         self.cluster.metrics().await
     }
 
+    /// Return once the apiserver has loaded every webhook configuration
+    /// change made so far. It loads them from one watch, in order, so when a
+    /// configuration applied now is in effect, all earlier changes are too.
+    async fn webhook_barrier(&self) -> Result<()> {
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+        let adds = AddsContainer::start().await?;
+        let mut config = adds.configuration();
+        config["metadata"]["name"] = json!("zz-e2e-barrier");
+        config["webhooks"][0]["namespaceSelector"] =
+            json!({"matchLabels": {"e2e.calmplane.dev/barrier": "true"}});
+        apply_webhook_configuration(&self.client(), &config).await?;
+        let ns = self
+            .namespace("e2e-barrier", &[("e2e.calmplane.dev/barrier", "true")])
+            .await?;
+        let api: Api<Pod> = Api::namespaced(self.client(), &ns);
+        let seen = wait_until(Duration::from_secs(60), || {
+            let api = api.clone();
+            async move {
+                let pod = api
+                    .create(
+                        &PostParams {
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                        &pod_object("probe", &[]),
+                    )
+                    .await?;
+                Ok(pod.spec.is_some_and(|s| s.containers.len() == 2))
+            }
+        })
+        .await;
+        let configs: Api<MutatingWebhookConfiguration> = Api::all(self.client());
+        configs
+            .delete("zz-e2e-barrier", &Default::default())
+            .await?;
+        seen.context("the barrier webhook never took effect")
+    }
+
     fn kubectl(&self) -> std::process::Command {
         self.cluster.kubectl()
     }
@@ -877,23 +915,33 @@ async fn c6_reinvocation(env: &Env) -> Result<()> {
 async fn c7_certificate_rotation(env: &Env) -> Result<()> {
     let ns = env.namespace("c7", &[(ENABLED, "true")]).await?;
     let before = fail_open(&env.metrics().await?);
+    // The apiserver keeps its connections to calmplane alive, and a
+    // rotation only shows on new handshakes: each phase adds creators, so
+    // the apiserver must open new connections after every rotation.
+    const PER_PHASE: usize = 4;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = {
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(PER_PHASE));
+    let mut traffic = Vec::new();
+    for worker in 0..3 * PER_PHASE {
         let api: Api<Pod> = Api::namespaced(env.client(), &ns);
-        let stop = stop.clone();
-        tokio::spawn(async move {
+        let (stop, active) = (stop.clone(), active.clone());
+        traffic.push(tokio::spawn(async move {
             let mut stored = Vec::new();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let pod = api
-                    .create(&PostParams::default(), &pod_object(&format!("p{i}"), &[]))
-                    .await?;
-                stored.push(serde_json::to_value(pod)?);
+                if worker >= active.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                let pod = pod_object(&format!("w{worker}-{i}"), &[]);
+                stored.push(serde_json::to_value(
+                    api.create(&PostParams::default(), &pod).await?,
+                )?);
                 i += 1;
             }
             anyhow::Ok(stored)
-        })
-    };
+        }));
+    }
     let result: Result<()> = async {
         for how in ["in place", "symlink swap"] {
             let (new_gen, bundle) = {
@@ -907,9 +955,9 @@ async fn c7_certificate_rotation(env: &Env) -> Result<()> {
             };
             let config = env.calmplane.lock().await.webhook_configuration(&bundle)?;
             apply_webhook_configuration(&env.client(), &config).await?;
-            // The apiserver loads webhook configurations from a watch; give
-            // it time to trust the new CA before calmplane serves with it.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // calmplane must not serve the new certificate before the
+            // apiserver trusts the new CA.
+            env.webhook_barrier().await?;
             {
                 let calmplane = env.calmplane.lock().await;
                 if how == "in place" {
@@ -931,13 +979,17 @@ async fn c7_certificate_rotation(env: &Env) -> Result<()> {
             })
             .await
             .with_context(|| format!("{how}: calmplane never served the new certificate"))?;
+            active.fetch_add(PER_PHASE, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         Ok(())
     }
     .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let stored = traffic.await??;
+    let mut stored = Vec::new();
+    for worker in traffic {
+        stored.extend(worker.await??);
+    }
     result?;
     let after = fail_open(&env.metrics().await?);
     ensure!(
