@@ -25,6 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/calmplane /usr/local/bin/calmplane
 USER 65532:65532
-EXPOSE 8443 9090
+# 9091: `calmplane lease-monitor`'s metrics port (manifests/monitoring).
+EXPOSE 8443 9090 9091
 ENTRYPOINT ["/usr/local/bin/calmplane"]
 CMD ["serve", "--listen=0.0.0.0:8443", "--metrics-listen=0.0.0.0:9090", "--cert=/etc/calmplane/tls/tls.crt", "--key=/etc/calmplane/tls/tls.key"]

@@ -26,6 +26,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod lease_monitor;
 pub mod manifests;
 pub mod metrics;
 pub mod patch;

@@ -49,6 +49,8 @@ enum Command {
     Manifests(WebhookArgs),
     /// Apply that MutatingWebhookConfiguration to the current cluster (server-side apply, field manager `calmplane`).
     Register(RegisterArgs),
+    /// Watch Leases and export lease write rate and lease age metrics.
+    LeaseMonitor(calmplane::lease_monitor::LeaseMonitorArgs),
 }
 
 #[derive(clap::Args)]
@@ -190,6 +192,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Register(args) => run_register(args),
+        Command::LeaseMonitor(args) => {
+            let _guard = init_logging(cli.log_format);
+            Ok(calmplane::lease_monitor::main(args)?)
+        }
     }
 }
 

@@ -634,12 +634,42 @@ fn rollout_history_never_triggers_a_rollout() {
     let out = h.update("label-change", &new, &old);
     assert!(out.patch.is_empty(), "{:#}", patch_json(&out));
 
-    // Only calmplane's own annotation differs: not a template change.
+    // Only calmplane's own annotation differs: not a template change. An
+    // update that dropped it (kubectl replace, a GitOps sync of the manifest
+    // as written) gets it back, or the template hash would change and the
+    // Deployment controller would roll every pod.
     let old = deployment("app:1", Some(&hot), Some("deployment/web"));
     let new = deployment("app:1", Some(&hot), None);
     let out = h.update("scope-removed", &new, &old);
-    assert!(out.patch.is_empty(), "{:#}", patch_json(&out));
+    assert_eq!(out.object, old);
+    assert_eq!(
+        paths(&out),
+        vec!["/spec/template/metadata/annotations/calmplane.dev~1lease-scope"]
+    );
     let out = h.update("scope-added", &old, &new);
+    assert!(out.patch.is_empty(), "{:#}", patch_json(&out));
+
+    // The same replace without the history: both come back, nothing else moves.
+    let mut bare = deployment("app:1", None, None);
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    bare["spec"]["template"]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    let mut old = deployment("app:1", Some(&hot), Some("deployment/web"));
+    old["spec"]["template"]["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(LEASE_SELECTOR_ANNOTATION);
+    let out = h.update("replace-without-annotations", &bare, &old);
+    assert_eq!(out.object, old);
+    // An emptied history is the user's choice and stays empty.
+    let mut emptied = old.clone();
+    emptied["metadata"]["annotations"][ROLLOUTS_ANNOTATION] = json!("");
+    let out = h.update("history-emptied", &emptied, &old);
     assert!(out.patch.is_empty(), "{:#}", patch_json(&out));
 
     // Any other template annotation does count.

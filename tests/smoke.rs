@@ -1,3 +1,6 @@
+//! The shortest path through calmplane: one Pod CREATE over real TLS, patched, and a
+//! second pass over the patched Pod that changes nothing.
+
 mod support;
 use serde_json::json;
 use support::*;

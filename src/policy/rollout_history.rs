@@ -11,6 +11,11 @@
 //! template, so calmplane never starts a rollout on its own. The history lives
 //! in the object itself, so any replica can answer any request.
 //!
+//! An update that changes nothing but drops these annotations (`kubectl
+//! replace`, a GitOps sync of the manifest as written) gets them back from
+//! the stored object: losing the template's lease scope would change the pod
+//! template hash and roll every pod.
+//!
 //! Reinvocation: the apiserver may call us again with our own output as
 //! `object` and the same `oldObject`. If `object` already carries a history
 //! that differs from `oldObject`'s, this update was recorded, and only the
@@ -60,6 +65,7 @@ impl Policy for RolloutHistory {
         let new_template = lookup(m.doc(), &["spec", "template"]);
         let old_template = lookup(old, &["spec", "template"]);
         if templates_equal(new_template, old_template) {
+            restore_dropped(old, m);
             return;
         }
         let Some(name) = str_at(m.doc(), &["metadata", "name"]).map(str::to_string) else {
@@ -110,6 +116,44 @@ impl Policy for RolloutHistory {
                 format!("{count} rollout(s) in the last hour: back to one lease per namespace"),
             );
         }
+    }
+}
+
+/// An update that changes nothing but drops calmplane's annotations (a
+/// `kubectl replace` or a GitOps sync of the manifest as written) gets them
+/// back from the stored object. Without the template's lease scope the pod
+/// template hash changes and the Deployment controller rolls every pod, for
+/// nothing; without the history the Deployment forgets that it is hot.
+/// An annotation set to a new value, even empty, is the user's and is kept.
+fn restore_dropped(old: &Value, m: &mut Mutation) {
+    let dropped = [
+        (
+            &["metadata", "annotations", ROLLOUTS_ANNOTATION][..],
+            "the rollout history",
+        ),
+        (
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "annotations",
+                LEASE_SCOPE_ANNOTATION,
+            ][..],
+            "the pod template, which would otherwise roll every pod",
+        ),
+    ];
+    for (path, what) in dropped {
+        let Some(stored) = str_at(old, path) else {
+            continue;
+        };
+        if lookup(m.doc(), path).is_some() {
+            continue;
+        }
+        let message = format!(
+            "restored {}={stored:?}, dropped by an update that changed nothing else: keeps {what}",
+            path[path.len() - 1]
+        );
+        m.set(path, Value::String(stored.to_string()), message);
     }
 }
 
