@@ -18,6 +18,13 @@
 //! rollout: {}
 //! ```
 //!
+//! Every section also takes `enforcement: enforce | report`. A policy in
+//! `report` is computed on every `/mutate` request, counted in
+//! `calmplane_report_changes_total{policy}` and logged, but never patched.
+//! The key is not `mode`: `lease.mode` (namespace | pod) and `prestop.mode`
+//! (sleep | exec) already say *what* a policy writes; `enforcement` says
+//! *whether* it writes, and means the same in every section.
+//!
 //! Unknown keys are rejected (a typo must not silently fall back to a default)
 //! and values are range-checked, so a bad file fails at start with a message
 //! that names the key.
@@ -83,6 +90,17 @@ pub struct Config {
     pub rollout: RolloutConfig,
 }
 
+/// Whether a policy's changes are patched or only reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Patch the changes (the default).
+    #[default]
+    Enforce,
+    /// Compute, count and log the changes; never patch them.
+    Report,
+}
+
 /// What the `lease` policy rewrites a per-pod selector to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +118,8 @@ pub enum LeaseMode {
 pub struct LeaseConfig {
     /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     /// `namespace` rewrites; `pod` keeps the section but the policy does not run.
     pub mode: LeaseMode,
     /// Pod annotation keys whose value is a lease selector.
@@ -114,6 +134,7 @@ impl Default for LeaseConfig {
     fn default() -> Self {
         LeaseConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             mode: LeaseMode::Namespace,
             annotations: vec![crate::LEASE_SELECTOR_ANNOTATION.to_string()],
             env_names: vec!["LEASE_SELECTOR".to_string()],
@@ -128,6 +149,8 @@ impl Default for LeaseConfig {
 pub struct RolloutHistoryConfig {
     /// Turns the policy off: Deployments are no longer marked hot, nor cooled down.
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     /// A Deployment that rolled more than this many times in the last hour is hot.
     pub hot_rollouts_per_hour: u32,
 }
@@ -136,6 +159,7 @@ impl Default for RolloutHistoryConfig {
     fn default() -> Self {
         RolloutHistoryConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             hot_rollouts_per_hour: 1,
         }
     }
@@ -147,6 +171,8 @@ impl Default for RolloutHistoryConfig {
 pub struct DnsConfig {
     /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     /// The `ndots` option written into pods: low enough that external names
     /// skip the search path, high enough that `svc.ns` still uses it.
     pub ndots: u8,
@@ -161,6 +187,7 @@ impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             ndots: 2,
             r#override: false,
             single_request_reopen: true,
@@ -185,6 +212,8 @@ pub enum PrestopMode {
 pub struct PrestopConfig {
     /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
     /// Native sleep or exec, depending on what the cluster supports.
     pub mode: PrestopMode,
     /// How long SIGTERM is held back: long enough for endpoint removal to
@@ -198,6 +227,7 @@ impl Default for PrestopConfig {
     fn default() -> Self {
         PrestopConfig {
             enabled: true,
+            enforcement: Enforcement::Enforce,
             mode: PrestopMode::Sleep,
             sleep_seconds: 5,
             min_drain_seconds: 5,
@@ -211,11 +241,16 @@ impl Default for PrestopConfig {
 pub struct RolloutConfig {
     /// Turns the policy off without removing the section.
     pub enabled: bool,
+    /// `report` computes and counts this policy's changes without patching them.
+    pub enforcement: Enforcement,
 }
 
 impl Default for RolloutConfig {
     fn default() -> Self {
-        RolloutConfig { enabled: true }
+        RolloutConfig {
+            enabled: true,
+            enforcement: Enforcement::Enforce,
+        }
     }
 }
 
@@ -227,6 +262,20 @@ impl Config {
         match path {
             Some(path) => Config::load(path),
             None => Ok(Config::default()),
+        }
+    }
+
+    /// The `enforcement` of the section of the policy named `policy` (a
+    /// [`crate::policy::ALL`] name); `enforce` for a name it does not know.
+    pub fn enforcement(&self, policy: &str) -> Enforcement {
+        use crate::policy::{dns, lease, prestop, rollout, rollout_history};
+        match policy {
+            lease::NAME => self.lease.enforcement,
+            rollout_history::NAME => self.rollout_history.enforcement,
+            dns::NAME => self.dns.enforcement,
+            prestop::NAME => self.prestop.enforcement,
+            rollout::NAME => self.rollout.enforcement,
+            _ => Enforcement::Enforce,
         }
     }
 
@@ -356,6 +405,38 @@ mod tests {
         assert!(c.dns.enabled);
         assert_eq!(c.prestop.mode, PrestopMode::Exec);
         assert_eq!(c.prestop.sleep_seconds, 5);
+    }
+
+    #[test]
+    fn enforcement_is_per_policy_and_does_not_collide_with_mode() {
+        let c = Config::from_yaml(
+            "dns: {enforcement: report}\nprestop: {mode: exec, enforcement: report}\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(c.dns.enforcement, Enforcement::Report);
+        assert_eq!(c.prestop.enforcement, Enforcement::Report);
+        assert_eq!(c.prestop.mode, PrestopMode::Exec);
+        assert_eq!(c.lease.enforcement, Enforcement::Enforce);
+        assert_eq!(c.rollout.enforcement, Enforcement::Enforce);
+        for entry in crate::policy::ALL {
+            let report = ["dns", "prestop"].contains(&entry.name);
+            assert_eq!(
+                c.enforcement(entry.name) == Enforcement::Report,
+                report,
+                "{}",
+                entry.name
+            );
+        }
+        let e = Config::from_yaml("dns: {enforcement: watch}\n", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `watch`"), "{e}");
+        // `mode: report` is not an enforcement: it names what lease writes.
+        let e = Config::from_yaml("lease: {mode: report}\n", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `report`"), "{e}");
     }
 
     #[test]

@@ -22,8 +22,10 @@
 //! ```
 //!
 //! `preview` runs the same pipeline for `POST /preview` and `calmplane
-//! preview`, on manifests instead of AdmissionReviews.
+//! preview`, on manifests instead of AdmissionReviews; `audit` runs it over a
+//! whole cluster dump, and `POST /report` runs it without patching.
 
+pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod lease_monitor;

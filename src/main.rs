@@ -51,6 +51,8 @@ enum Command {
     Register(RegisterArgs),
     /// Watch Leases and export lease write rate and lease age metrics.
     LeaseMonitor(calmplane::lease_monitor::LeaseMonitorArgs),
+    /// Predict what calmplane would change in a cluster, and the Lease writes it would save.
+    Audit(calmplane::audit::AuditArgs),
 }
 
 #[derive(clap::Args)]
@@ -195,6 +197,10 @@ fn main() -> Result<()> {
         Command::LeaseMonitor(args) => {
             let _guard = init_logging(cli.log_format);
             Ok(calmplane::lease_monitor::main(args)?)
+        }
+        Command::Audit(args) => {
+            print!("{}", calmplane::audit::run(&args)?);
+            Ok(())
         }
     }
 }

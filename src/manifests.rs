@@ -6,7 +6,8 @@
 //! edited as an untyped value, never round-tripped through a typed struct, so
 //! a field the typed API does not know (or drops when empty) survives as
 //! written. Only the service reference, the namespace exclusion and the
-//! caBundle are filled in.
+//! caBundle are filled in; each webhook keeps its own path (`/mutate`, or
+//! `/report` for the report-mode webhooks).
 
 use base64::Engine as _;
 use rustls_pki_types::pem::{PemObject, SectionKind};
@@ -317,7 +318,7 @@ mod tests {
             ..WebhookOptions::default()
         };
         let out = webhook_configuration(&opts).unwrap();
-        assert_eq!(webhooks(&out).len(), 2);
+        assert_eq!(webhooks(&out).len(), 4);
         for w in webhooks(&out) {
             let encoded = w["clientConfig"]["caBundle"].as_str().expect("caBundle");
             let decoded = base64::engine::general_purpose::STANDARD
@@ -351,7 +352,13 @@ mod tests {
         for w in webhooks(&out) {
             assert_eq!(w["clientConfig"]["service"]["namespace"], "webhooks");
             assert_eq!(w["clientConfig"]["service"]["name"], "calm");
-            assert_eq!(w["clientConfig"]["service"]["path"], "/mutate");
+            // Each webhook keeps its own path: only service and namespace are filled in.
+            let path = if w["name"].as_str().is_some_and(|n| n.contains("-report.")) {
+                "/report"
+            } else {
+                "/mutate"
+            };
+            assert_eq!(w["clientConfig"]["service"]["path"], path);
             let excluded = excluded_namespaces(w);
             for ns in ["kube-system", "kube-node-lease", "calmplane", "webhooks"] {
                 assert!(excluded.contains(&ns), "{ns} not excluded: {excluded:?}");

@@ -24,6 +24,10 @@ pub struct Metrics {
     /// `calmplane_policy_changes_total{policy}`: which policy is doing the
     /// work, so one can be judged (or turned off) on its own.
     pub policy_changes: IntCounterVec,
+    /// `calmplane_report_changes_total{policy}`: objects a policy would have
+    /// changed but did not (`/report`, or `enforcement: report`): the canary's
+    /// signal.
+    pub report_changes: IntCounterVec,
     /// `calmplane_tls_reloads_total{result}`: a failed rotation keeps the old
     /// certificate serving, so it must be alertable before that one expires.
     pub tls_reloads: IntCounterVec,
@@ -60,6 +64,14 @@ impl Metrics {
             &["policy"],
         )
         .expect("valid metric");
+        let report_changes = IntCounterVec::new(
+            Opts::new(
+                "calmplane_report_changes_total",
+                "Objects a policy would have changed in report mode (not patched), by policy.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("calmplane_build_info", "Always 1; labels carry the build."),
             &["version"],
@@ -88,6 +100,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(policy_changes.clone()),
+            Box::new(report_changes.clone()),
             Box::new(build_info),
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
@@ -99,6 +112,7 @@ impl Metrics {
             requests,
             duration,
             policy_changes,
+            report_changes,
             tls_reloads,
             config_reloads,
         }

@@ -48,7 +48,20 @@ impl Clock for FixedClock {
 /// The enabled policies, built once per policy file and shared by every request.
 pub struct Pipeline {
     policies: Vec<Box<dyn Policy>>,
+    /// Names of the policies in `enforcement: report`: run, never patched.
+    report_only: Vec<&'static str>,
     clock: Arc<dyn Clock>,
+}
+
+/// What the policies in `enforcement: report` would have done.
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// Names of the report-only policies that would have changed the object.
+    pub policies: Vec<&'static str>,
+    /// Their changes, as they would have been made.
+    pub changes: Vec<Change>,
+    /// Their warnings, kept out of the response: the change was not made.
+    pub warnings: Vec<String>,
 }
 
 /// What the pipeline did to one object.
@@ -67,6 +80,8 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Names of the policies that changed the object, in order.
     pub policies: Vec<&'static str>,
+    /// Report-only policies' changes, which are not in `patch` or `object`.
+    pub reported: Reported,
 }
 
 impl Outcome {
@@ -78,6 +93,7 @@ impl Outcome {
             changes: Vec::new(),
             warnings: Vec::new(),
             policies: Vec::new(),
+            reported: Reported::default(),
         }
     }
 }
@@ -103,12 +119,30 @@ impl Pipeline {
             .iter()
             .filter_map(|entry| (entry.build)(config))
             .collect();
-        Pipeline { policies, clock }
+        let report_only = policy::ALL
+            .iter()
+            .map(|entry| entry.name)
+            .filter(|name| config.enforcement(name) == crate::config::Enforcement::Report)
+            .collect();
+        Pipeline {
+            policies,
+            report_only,
+            clock,
+        }
     }
 
     /// A pipeline of exactly these policies (tests inject their own).
     pub fn from_policies(policies: Vec<Box<dyn Policy>>, clock: Arc<dyn Clock>) -> Self {
-        Pipeline { policies, clock }
+        Pipeline {
+            policies,
+            report_only: Vec::new(),
+            clock,
+        }
+    }
+
+    /// The unix time the pipeline's clock reads now.
+    pub fn now_unix(&self) -> i64 {
+        self.clock.now_unix()
     }
 
     /// The policies of an empty policy file, on the wall clock.
@@ -150,8 +184,23 @@ impl Pipeline {
             }
         }
         let mut applied = Vec::new();
+        let mut reported = Reported::default();
         for policy in &self.policies {
             if !policy.handles(req.kind, &req.operation) || skip.skips(policy.name()) {
+                continue;
+            }
+            if self.report_only.contains(&policy.name()) {
+                // On a copy: later policies must see the object as it will be
+                // admitted, without this policy's edits.
+                let mut scratch = Mutation::new(m.doc().clone());
+                scratch.begin(policy.name());
+                policy.apply(&ctx, &mut scratch);
+                let (_, ops, changes, warnings) = scratch.into_parts();
+                if !ops.is_empty() {
+                    reported.policies.push(policy.name());
+                }
+                reported.changes.extend(changes);
+                reported.warnings.extend(warnings);
                 continue;
             }
             let before = m.ops().len();
@@ -168,6 +217,7 @@ impl Pipeline {
             changes,
             warnings,
             policies: applied,
+            reported,
         }
     }
 }

@@ -254,6 +254,19 @@ fn template_preview(
 /// JSON when it looks like JSON, otherwise a YAML stream. Empty YAML
 /// documents (a leading `---`, a trailing separator) are dropped.
 pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
+    parse_documents_with(body, crate::yaml::documents)
+}
+
+/// [`parse_documents`] for a whole cluster dump (`calmplane audit`): YAML
+/// gets budgets that grow with the input, see [`crate::yaml::large_documents`].
+pub fn parse_large_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
+    parse_documents_with(body, crate::yaml::large_documents)
+}
+
+fn parse_documents_with(
+    body: &[u8],
+    yaml: fn(&str) -> Result<Vec<Value>, crate::yaml::Error>,
+) -> Result<Vec<Value>, PreviewError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(PreviewError::Empty),
         Some(b'{') | Some(b'[') => {
@@ -269,7 +282,7 @@ pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
         Some(_) => {}
     }
     let text = std::str::from_utf8(body).map_err(PreviewError::NotUtf8)?;
-    let docs: Vec<Value> = crate::yaml::documents(text)
+    let docs: Vec<Value> = yaml(text)
         .map_err(PreviewError::Yaml)?
         .into_iter()
         .filter(|doc| !doc.is_null())

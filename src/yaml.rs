@@ -55,6 +55,20 @@ pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, Error> {
     Ok(serde_saphyr::from_multiple_with_options(text, options())?)
 }
 
+/// [`documents`] for input that is large by nature, a cluster dump for
+/// `calmplane audit`: the node, event and scalar-byte budgets grow with the
+/// input's length (a node or event needs at least a byte of it), while the
+/// alias, anchor and depth limits that stop an alias bomb stay as they are.
+pub fn large_documents(text: &str) -> Result<Vec<serde_json::Value>, Error> {
+    let mut options = options();
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(text.len().saturating_mul(2));
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+    options.budget = Some(budget);
+    Ok(serde_saphyr::from_multiple_with_options(text, options)?)
+}
+
 /// `value` as a YAML document.
 pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
     serde_saphyr::to_string(value)

@@ -618,14 +618,14 @@ fn assert_webhook_safe(
     let webhooks = config["webhooks"].as_array().expect("webhooks");
     assert_eq!(
         webhooks.len(),
-        2,
-        "one webhook for Pods, one for Deployments"
+        4,
+        "one webhook for Pods, one for Deployments, each also in report mode"
     );
     let names: BTreeSet<&str> = webhooks
         .iter()
         .map(|w| w["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names.len(), 2, "webhook names are unique");
+    assert_eq!(names.len(), 4, "webhook names are unique");
 
     let mut seen = Vec::new();
     for w in webhooks {
@@ -634,7 +634,13 @@ fn assert_webhook_safe(
         assert_eq!(w["sideEffects"], "None", "{name}");
         assert_eq!(w["timeoutSeconds"], 2, "{name}");
         assert_eq!(w["failurePolicy"], "Ignore", "{name}");
-        assert_eq!(w["reinvocationPolicy"], "IfNeeded", "{name}");
+        // Report webhooks never patch: nothing to be reinvoked for.
+        let (path, opt_in, reinvocation) = if name.contains("-report.") {
+            ("/report", "report", "Never")
+        } else {
+            ("/mutate", "true", "IfNeeded")
+        };
+        assert_eq!(w["reinvocationPolicy"], reinvocation, "{name}");
         assert_eq!(w["matchPolicy"], "Equivalent", "{name}");
 
         let client = &w["clientConfig"];
@@ -645,7 +651,7 @@ fn assert_webhook_safe(
         let service = &client["service"];
         assert_eq!(service["namespace"], NAMESPACE, "{name}");
         assert_eq!(service["name"], SERVICE, "{name}");
-        assert_eq!(service["path"], "/mutate", "{name}");
+        assert_eq!(service["path"], path, "{name}");
         assert!(
             service.get("port").is_none_or(|p| p == 443),
             "{name}: port 443"
@@ -671,15 +677,18 @@ fn assert_webhook_safe(
 
         // Opt-in only.
         let ns = &w["namespaceSelector"];
-        let shop_in = namespace_labels("shop", &[(OPT_IN_LABEL, "true")]);
+        let shop_in = namespace_labels("shop", &[(OPT_IN_LABEL, opt_in)]);
         assert!(
             selector_matches(ns, &shop_in),
             "{name}: an opted-in namespace is mutated"
         );
+        // `report` goes only to /report and `true` only to /mutate.
+        let other = if opt_in == "true" { "report" } else { "true" };
         for own in [
             &[][..],
             &[(OPT_IN_LABEL, "false")][..],
             &[(OPT_IN_LABEL, "yes")][..],
+            &[(OPT_IN_LABEL, other)][..],
         ] {
             assert!(
                 !selector_matches(ns, &namespace_labels("shop", own)),
@@ -688,7 +697,7 @@ fn assert_webhook_safe(
         }
         // Excluded by name even when someone labels them in.
         for excluded in ["kube-system", "kube-node-lease", NAMESPACE] {
-            let l = namespace_labels(excluded, &[(OPT_IN_LABEL, "true")]);
+            let l = namespace_labels(excluded, &[(OPT_IN_LABEL, opt_in)]);
             assert!(
                 !selector_matches(ns, &l),
                 "{name}: {excluded} must never be mutated"
@@ -737,7 +746,7 @@ fn assert_webhook_safe(
         );
     }
     seen.sort();
-    let mut expected = vec![
+    let rules = [
         (vec![""], vec!["v1"], vec!["pods"], vec!["CREATE"]),
         (
             vec!["apps"],
@@ -746,6 +755,8 @@ fn assert_webhook_safe(
             vec!["CREATE", "UPDATE"],
         ),
     ];
+    // The same rules once for /mutate and once for /report.
+    let mut expected: Vec<_> = rules.iter().chain(&rules).cloned().collect();
     expected.sort();
     assert_eq!(
         seen, expected,
@@ -1637,11 +1648,17 @@ mod register {
             ] {
                 assert_eq!(sent[key], base[key], "{key}");
             }
+            // Each webhook keeps its own path: /mutate, or /report.
+            assert_eq!(
+                sent["clientConfig"]["service"]["path"],
+                base["clientConfig"]["service"]["path"]
+            );
         }
 
         let stored = result.expect("register succeeds");
         assert_eq!(stored.metadata.resource_version.as_deref(), Some("4242"));
-        assert_eq!(stored.webhooks.map(|w| w.len()), Some(2));
+        // Pods and Deployments, each on /mutate and on /report.
+        assert_eq!(stored.webhooks.map(|w| w.len()), Some(4));
     }
 
     #[tokio::test]

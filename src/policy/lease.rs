@@ -117,6 +117,12 @@ fn hot_deployment(m: &mut Mutation) -> Option<String> {
 }
 
 impl Lease {
+    /// The lease selectors written into `pod`, where this policy looks for
+    /// them (`calmplane audit` counts and resolves them).
+    pub fn selectors(&self, pod: &Value) -> Vec<String> {
+        self.find(pod).into_iter().map(|f| f.selector).collect()
+    }
+
     fn find(&self, pod: &Value) -> Vec<Found> {
         let mut found = Vec::new();
         for key in &self.cfg.annotations {

@@ -1,4 +1,4 @@
-//! HTTP routes: `/mutate`, `/preview`, `/healthz`, `/readyz` on the TLS port,
+//! HTTP routes: `/mutate`, `/report`, `/preview`, `/healthz`, `/readyz` on the TLS port,
 //! `/metrics` on the plaintext metrics port.
 //!
 //! ```text
@@ -8,6 +8,7 @@
 //!    timeout            408 past --request-timeout
 //!    body limits        413 past MAX_BODY_BYTES
 //!    POST /mutate  ─ review::parse ─ review::admit ─ Admission::response_body
+//!    POST /report  ─ review::parse ─ review::admit ─ counted and logged, never patched
 //!    POST /preview ─ preview::preview
 //! ```
 //!
@@ -16,6 +17,7 @@
 
 pub mod error;
 pub mod listener;
+pub mod report;
 pub mod serve;
 pub mod tls;
 
@@ -73,6 +75,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .timeout(request_timeout);
     Router::new()
         .route("/mutate", post(mutate))
+        .route("/report", post(report::report))
         .route("/preview", post(preview_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -138,7 +141,8 @@ async fn observe(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let mutate = request.uri().path() == "/mutate";
+    // `/report` takes the same AdmissionReviews: its errors count alike.
+    let mutate = matches!(request.uri().path(), "/mutate" | "/report");
     let seen = Seen::default();
     request.extensions_mut().insert(seen.clone());
     let mut response = next.run(request).await;
@@ -260,6 +264,10 @@ async fn mutate(
         duration_us = elapsed.as_micros() as u64,
         "admission"
     );
+    if !admission.outcome.reported.policies.is_empty() {
+        let would = report::WouldChange::reported_only(&admission.outcome);
+        report::record(m, summary, &admission.outcome.object, &would, "/mutate");
+    }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+pub mod cluster;
 pub mod process;
 pub mod pychecks;
 pub mod review;
