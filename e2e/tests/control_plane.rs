@@ -363,10 +363,27 @@ async fn pods_of_revision(env: &Env, ns: &str, app: &str, revision: u32) -> Resu
                     .collect::<Result<_, _>>()?);
             }
         }
-        ensure!(
-            start.elapsed() < Duration::from_secs(90),
-            "no Pods for revision {revision} of {app}"
-        );
+        if start.elapsed() > Duration::from_secs(90) {
+            // Enough to tell a stuck rollout from a slow controller.
+            let summary: Vec<String> = sets
+                .items
+                .iter()
+                .map(|rs| {
+                    let revision = rs
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                        .cloned();
+                    format!(
+                        "revision {revision:?}: spec {:?}, status {}",
+                        rs.spec.replicas,
+                        rs.status.as_ref().map_or(0, |s| s.replicas)
+                    )
+                })
+                .collect();
+            anyhow::bail!("no Pods for revision {revision} of {app}; ReplicaSets: {summary:?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -1090,8 +1107,14 @@ async fn c8_register(env: &Env) -> Result<()> {
     use base64::Engine as _;
     let want_ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&ca_bundle)?);
     for w in v["webhooks"].as_array().context("webhooks")? {
+        // Each webhook keeps its own path: /mutate, or /report for report mode.
+        let path = if w["name"].as_str().unwrap_or_default().contains("-report.") {
+            "/report"
+        } else {
+            "/mutate"
+        };
         ensure!(
-            w["clientConfig"]["url"] == format!("{url}/mutate"),
+            w["clientConfig"]["url"] == format!("{url}{path}"),
             "clientConfig {}",
             w["clientConfig"]
         );
@@ -1339,6 +1362,51 @@ async fn c10_lease_monitor(env: &Env) -> Result<()> {
     Ok(())
 }
 
+// --- 11 ---------------------------------------------------------------------
+
+fn report_changes(metrics: &str) -> f64 {
+    prom::sum(metrics, "calmplane_report_changes_total", &[])
+}
+
+/// Report mode routed by the real namespaceSelector: in a namespace labelled
+/// `calmplane.dev/enabled: report` the apiserver calls only the report
+/// webhooks, the Pod is stored as sent and calmplane counts what it would
+/// have changed; relabelled `"true"`, the same Pod is mutated.
+async fn c11_report_mode(env: &Env) -> Result<()> {
+    const REPORT_WEBHOOK: &str = "pods-report.calmplane.dev";
+    let ns = env.namespace("c11", &[(ENABLED, "report")]).await?;
+    let apiserver = env.metrics().await?;
+    let own = env.calmplane.lock().await.metrics().await?;
+    let stored = env.create_pod(&ns, &pod_object("canary", &[])).await?;
+    assert_pod_untouched(&stored, "canary")?;
+    let apiserver_after = env.metrics().await?;
+    let own_after = env.calmplane.lock().await.metrics().await?;
+    let report_calls = admission_calls(&apiserver_after, REPORT_WEBHOOK)
+        - admission_calls(&apiserver, REPORT_WEBHOOK);
+    let mutate_calls =
+        admission_calls(&apiserver_after, PODS_WEBHOOK) - admission_calls(&apiserver, PODS_WEBHOOK);
+    ensure!(
+        report_calls == 1.0,
+        "{REPORT_WEBHOOK} called {report_calls} times"
+    );
+    ensure!(
+        mutate_calls == 0.0,
+        "{PODS_WEBHOOK} called {mutate_calls} times in a report namespace"
+    );
+    let counted = report_changes(&own_after) - report_changes(&own);
+    // dns, prestop and lease would each have changed this Pod.
+    ensure!(
+        counted >= 3.0,
+        "calmplane_report_changes_total rose by {counted}"
+    );
+
+    env.namespace("c11", &[(ENABLED, "true")]).await?;
+    // The apiserver matches namespaceSelectors against its namespace cache.
+    env.wait_mutating(&ns).await?;
+    let stored = env.create_pod(&ns, &pod_object("enforced", &[])).await?;
+    assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))
+}
+
 // --- runner -------------------------------------------------------------------
 
 type Case = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
@@ -1367,6 +1435,7 @@ fn main() {
         c8_register,
         c9_latency,
         c10_lease_monitor,
+        c11_report_mode,
     ];
     let trials = cases
         .into_iter()
