@@ -114,7 +114,7 @@ fuzz: fuzz-seed
 	$(CARGO) +nightly fuzz run mutate fuzz/corpus/mutate -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 # --- against a real control plane (e2e/; see e2e/README.md) -----------------
-#   make e2e-build   build etcd, kube-apiserver and kube-controller-manager from the
+#   make e2e-build   build etcd, kube-apiserver, kube-controller-manager and kubectl from the
 #                    pinned Go modules into e2e/bin (only when the pins changed)
 #   make e2e         e2e-build, then every case of e2e/tests/control_plane.rs
 #   make e2e E2E_ARGS=c5_    one case (libtest filter)
