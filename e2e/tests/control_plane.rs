@@ -1407,6 +1407,50 @@ async fn c11_report_mode(env: &Env) -> Result<()> {
     assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))
 }
 
+// --- 12 ---------------------------------------------------------------------
+
+/// `calmplane audit --live` reads the same cluster as `kubectl get ... -o
+/// json | calmplane audit -f -` and says the same thing, judged at the same
+/// instant (`--now`).
+async fn c12_audit_live_matches_file(env: &Env) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let audit = |args: &[&str], input: Option<&[u8]>| -> Result<String> {
+        let calmplane = env.calmplane.try_lock()?;
+        let mut cmd = calmplane.command();
+        cmd.env("KUBECONFIG", &env.cluster.kubeconfig)
+            .args(["--log-format", "text", "audit", "-o", "json", "--now", &now])
+            .args(args);
+        match input {
+            Some(input) => run_with_input(&mut cmd, input),
+            None => run(&mut cmd),
+        }
+    };
+    // The controllers and the apiserver's own Leases keep writing: a
+    // difference may be a change between the two reads, so it must persist.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let listed = run(env.kubectl().args([
+            "get",
+            "pods,deployments,replicasets,leases,namespaces,poddisruptionbudgets",
+            "-A",
+            "-o",
+            "json",
+        ]))?;
+        let from_file: Value =
+            serde_json::from_str(&audit(&["-f", "-"], Some(listed.as_bytes()))?)?;
+        let live: Value = serde_json::from_str(&audit(&["--live"], None)?)?;
+        if from_file == live {
+            ensure!(
+                from_file.as_object().is_some_and(|o| !o.is_empty()),
+                "an empty audit: {from_file}"
+            );
+            return Ok(());
+        }
+        last = format!("file:\n{from_file:#}\nlive:\n{live:#}");
+    }
+    anyhow::bail!("audit --live and audit -f differ three times in a row:\n{last}")
+}
+
 // --- runner -------------------------------------------------------------------
 
 type Case = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
@@ -1436,6 +1480,7 @@ fn main() {
         c9_latency,
         c10_lease_monitor,
         c11_report_mode,
+        c12_audit_live_matches_file,
     ];
     let trials = cases
         .into_iter()
