@@ -117,3 +117,17 @@ fuzz: fuzz-seed
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (cargo-fuzz); on stable run: cargo test --test properties fuzz_seed_corpus_replay"; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	$(CARGO) +nightly fuzz run mutate fuzz/corpus/mutate -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+
+# --- against a real control plane (e2e/; see e2e/README.md) -----------------
+#   make e2e-build   build etcd, kube-apiserver, kube-controller-manager and kubectl from the
+#                    pinned Go modules into e2e/bin (only when the pins changed)
+#   make e2e         e2e-build, then every case of e2e/tests/control_plane.rs
+#   make e2e E2E_ARGS=c5_    one case (libtest filter)
+.PHONY: e2e e2e-build
+E2E_ARGS ?=
+
+e2e-build:
+	bash e2e/build.sh
+
+e2e: e2e-build
+	$(CARGO) test -p calmplane-e2e -- $(E2E_ARGS)
