@@ -3,12 +3,13 @@
 //! relist, as kube-rs's watcher does them against a real apiserver. The
 //! scripted traffic is known event by event, so write counts are exact.
 
-mod lease_support;
-
 use calmplane_testkit::fake_apiserver::FakeApiServer;
+use calmplane_testkit::lease_monitor::{eventually_within as eventually, Metrics, Monitor};
 use k8s_openapi::api::coordination::v1::Lease;
-use lease_support::{eventually, Metrics, Monitor};
 use std::time::Duration;
+
+/// The binary under test.
+const CALMPLANE: &str = env!("CARGO_BIN_EXE_calmplane");
 
 const WAIT: Duration = Duration::from_secs(20);
 const WRITES: &str = "calmplane_lease_writes_total";
@@ -34,7 +35,7 @@ async fn readyz_turns_ready_after_the_first_complete_list() {
     server.create_lease("team-a", "shop", "pod-1", 15).unwrap();
     server.create_lease("team-b", "cart", "pod-2", 15).unwrap();
     server.hold_lists(true);
-    let monitor = Monitor::start(&server, &[]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &[]).await;
     assert!(
         eventually(WAIT, || async { server.requests().lists_received >= 1 }).await,
         "the monitor never listed; log:\n{}",
@@ -73,7 +74,7 @@ async fn readyz_turns_ready_after_the_first_complete_list() {
 async fn scripted_renewals_in_several_namespaces_give_exact_write_counts() {
     let server = FakeApiServer::start().await.unwrap();
     server.create_lease("alpha", "old", "pod-0", 15).unwrap();
-    let monitor = Monitor::start(&server, &[]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &[]).await;
     monitor
         .wait_for("ready", WAIT, |m| m.ns(LEASES, "alpha") == Some(1.0))
         .await;
@@ -152,7 +153,7 @@ async fn a_fast_lease_stays_in_the_first_bucket_and_a_stopped_one_crosses_two_se
     server
         .create_lease("stuck", "ns-lease", "pod-2", 1)
         .unwrap();
-    let monitor = Monitor::start(&server, &[]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &[]).await;
     monitor
         .wait_for("ready", WAIT, |m| m.has_ns(LEASES, "stuck"))
         .await;
@@ -201,7 +202,7 @@ async fn a_fast_lease_stays_in_the_first_bucket_and_a_stopped_one_crosses_two_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_leases_and_emptied_namespaces_leave_the_gauges() {
     let server = FakeApiServer::start().await.unwrap();
-    let monitor = Monitor::start(&server, &["--selector", "app=shop"]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &["--selector", "app=shop"]).await;
     monitor.wait_ready().await;
     for (ns, name) in [("keep", "l1"), ("keep", "l2"), ("gone", "l3")] {
         server
@@ -251,7 +252,7 @@ async fn deleted_leases_and_emptied_namespaces_leave_the_gauges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_forces_a_relist_that_counts_no_lease_twice() {
     let server = FakeApiServer::start().await.unwrap();
-    let monitor = Monitor::start(&server, &[]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &[]).await;
     monitor.wait_ready().await;
     server.create_lease("team", "l1", "pod-1", 15).unwrap();
     server.create_lease("team", "l2", "pod-2", 15).unwrap();
@@ -303,7 +304,7 @@ async fn namespace_restricts_the_watch_to_one_namespace() {
     let server = FakeApiServer::start().await.unwrap();
     server.create_lease("mine", "l1", "pod-1", 15).unwrap();
     server.create_lease("theirs", "l2", "pod-2", 15).unwrap();
-    let monitor = Monitor::start(&server, &["--namespace", "mine"]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &["--namespace", "mine"]).await;
     monitor.wait_ready().await;
     server.renew_lease("mine", "l1").unwrap();
     server.renew_lease("theirs", "l2").unwrap();
@@ -321,7 +322,7 @@ async fn namespace_restricts_the_watch_to_one_namespace() {
 async fn a_closed_watch_resumes_from_its_resource_version_without_a_relist() {
     let server = FakeApiServer::start().await.unwrap();
     server.create_lease("team", "l1", "pod-1", 15).unwrap();
-    let monitor = Monitor::start(&server, &[]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &[]).await;
     monitor.wait_ready().await;
     assert!(eventually(WAIT, || async { server.requests().watches >= 1 }).await);
     server.renew_lease("team", "l1").unwrap();

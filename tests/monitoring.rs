@@ -16,16 +16,18 @@
 //! test` installs it). Without them these tests say so and pass, except
 //! under CI=true, where they fail.
 
-mod lease_support;
-
 use calmplane_testkit::fake_apiserver::FakeApiServer;
-use lease_support::{free_port, http_get, Monitor};
+use calmplane_testkit::lease_monitor::{http_get, Monitor};
+use calmplane_testkit::process::free_port;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The binary under test.
+const CALMPLANE: &str = env!("CARGO_BIN_EXE_calmplane");
 
 const K8S_VERSION: &str = "1.34.0";
 
@@ -295,7 +297,7 @@ fn known_metrics() -> BTreeSet<String> {
     leases.oldest_age.with_label_values(&["ns"]).set(1.0);
     leases.expired.with_label_values(&["ns"]).set(1);
     text.push_str(&leases.render());
-    let mut names: BTreeSet<String> = lease_support::Metrics::parse(&text)
+    let mut names: BTreeSet<String> = calmplane_testkit::lease_monitor::Metrics::parse(&text)
         .samples
         .into_iter()
         .map(|s| s.name)
@@ -876,7 +878,7 @@ async fn a_real_prometheus_sees_the_slo_and_the_scripted_write_rate() {
     let hour_ago =
         k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(3600);
     server.renew_lease_at("half", "dead", hour_ago).unwrap();
-    let monitor = Monitor::start(&server, &[]).await;
+    let monitor = Monitor::start(CALMPLANE.as_ref(), &server, &[]).await;
     monitor.wait_ready().await;
     // 10 + 5 + 10 = 25 writes/s.
     let scripted_rate = 25.0;

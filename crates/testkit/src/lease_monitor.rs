@@ -1,54 +1,41 @@
 //! The real `calmplane lease-monitor` as a child process, fed by the
-//! testkit's fake apiserver through a kubeconfig, and a reader for its
-//! Prometheus text output. Shared by tests/lease_monitor.rs and
-//! tests/monitoring.rs.
-#![allow(dead_code)]
+//! [`crate::fake_apiserver`] through a kubeconfig, and a reader for its
+//! Prometheus text output. Used by the lease-monitor and monitoring tests.
 
-use calmplane_testkit::fake_apiserver::FakeApiServer;
+use crate::fake_apiserver::FakeApiServer;
+use crate::process::{free_port, KillOnDrop};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `calmplane lease-monitor`, killed on drop.
 pub struct Monitor {
-    child: Child,
+    child: KillOnDrop,
     /// Its /metrics, /healthz and /readyz address.
     pub addr: SocketAddr,
+    /// Its stderr, for the failure messages of the tests.
     log: PathBuf,
+    /// Holds the kubeconfig and the log until the monitor is dropped.
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Monitor {
     /// Start the binary against `server` (KUBECONFIG pointing at it, HOME
     /// in a temp dir so no real ~/.kube/config is read) with
     /// `--sample-interval 100ms` and `args`, and wait for /healthz.
-    pub async fn start(server: &FakeApiServer, args: &[&str]) -> Monitor {
+    /// `bin` is the calmplane binary (`env!("CARGO_BIN_EXE_calmplane")` in
+    /// a test crate).
+    pub async fn start(bin: &Path, server: &FakeApiServer, args: &[&str]) -> Monitor {
         for attempt in 1..=5 {
             let dir = tempfile::tempdir().unwrap();
             let kubeconfig = server.write_kubeconfig(dir.path()).unwrap();
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let log = dir.path().join("lease-monitor.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_calmplane"))
+            let child = Command::new(bin)
                 .args(["--log-format", "text", "lease-monitor"])
                 .args(["--metrics-listen", &addr.to_string()])
                 .args(["--sample-interval", "100ms"])
@@ -68,7 +55,7 @@ impl Monitor {
                 .spawn()
                 .expect("start calmplane lease-monitor");
             let mut monitor = Monitor {
-                child,
+                child: KillOnDrop(child),
                 addr,
                 log,
                 _dir: dir,
@@ -91,7 +78,7 @@ impl Monitor {
 
     /// Wait for /readyz: the first complete list has been applied.
     pub async fn wait_ready(&self) {
-        let ready = eventually(Duration::from_secs(20), || async {
+        let ready = eventually_within(Duration::from_secs(20), || async {
             self.get("/readyz").await.0 == 200
         })
         .await;
@@ -159,15 +146,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// One sample of the text exposition format.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The metric name, with its `_bucket`/`_sum`/`_count` suffix if any.
     pub name: String,
+    /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// Its value.
     pub value: f64,
 }
 
 /// A parsed /metrics page.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// The page as served, for failure messages.
     pub text: String,
+    /// Every sample on it, in order.
     pub samples: Vec<Sample>,
 }
 
@@ -232,8 +224,8 @@ impl Metrics {
     }
 }
 
-/// Poll `check` every 50 ms until it holds or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+/// Poll `check` every 50 ms until it holds (true) or `timeout` passes (false).
+pub async fn eventually_within<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
