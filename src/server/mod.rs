@@ -227,11 +227,14 @@ fn kind_label(kind: &str) -> &'static str {
     }
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    Extension(seen): Extension<Seen>,
+/// What `/mutate` and `/report` share: parse the review, note what the
+/// error path needs to know about it, and run the pipeline. Returns the
+/// admission and when the work started, for the duration histogram.
+fn parse_and_admit(
+    state: &AppState,
+    seen: &Seen,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<(review::Admission, Instant), ApiError> {
     let body = body.map_err(body_error)?;
     let start = Instant::now();
     let request = review::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -241,7 +244,15 @@ async fn mutate(
         operation: review::operation_label(&request.operation),
     });
     let pipeline = state.pipeline.load();
-    let admission = review::admit(&pipeline, request);
+    Ok((review::admit(&pipeline, request), start))
+}
+
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    Extension(seen): Extension<Seen>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (admission, start) = parse_and_admit(&state, &seen, body)?;
     let body = admission.response_body();
     let elapsed = start.elapsed();
     let m = &state.metrics;

@@ -7,7 +7,7 @@
 //! and logged, one line per object. That is the canary: the numbers a
 //! namespace would see, without the namespace seeing anything.
 
-use super::{body_error, kind_label, ApiError, AppState, Seen, SeenRequest};
+use super::{kind_label, parse_and_admit, ApiError, AppState, Seen};
 use crate::metrics::Metrics;
 use crate::patch::{str_at, Change};
 use crate::pipeline::Outcome;
@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The `result` label of `calmplane_admission_requests_total` for `/report`.
 pub const REPORT_RESULT: &str = "report";
@@ -95,16 +94,7 @@ pub(super) async fn report(
     Extension(seen): Extension<Seen>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(body_error)?;
-    let start = Instant::now();
-    let request = review::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    seen.set(SeenRequest {
-        uid: request.uid.clone(),
-        kind: kind_label(&request.kind.kind),
-        operation: review::operation_label(&request.operation),
-    });
-    let pipeline = state.pipeline.load();
-    let admission = review::admit(&pipeline, request);
+    let (admission, start) = parse_and_admit(&state, &seen, body)?;
     let m = &state.metrics;
     m.duration.observe(start.elapsed().as_secs_f64());
     let summary = &admission.summary;
