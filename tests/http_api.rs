@@ -731,7 +731,7 @@ spec:
 async fn preview_accepts_json_yaml_streams_lists_and_reviews() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
-    let object: Value = serde_yaml::from_str(POD_YAML).unwrap();
+    let object: Value = calmplane::yaml::from_str(POD_YAML).unwrap();
 
     // One object as JSON and as YAML: the same answer.
     let from_json = preview_json(&mut c, "/preview", &object).await;
@@ -757,7 +757,7 @@ async fn preview_accepts_json_yaml_streams_lists_and_reviews() {
     // Multi-document YAML, with empty documents around it.
     let stream = format!(
         "---\n{POD_YAML}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: [{{port: 80}}]\n---\n{}\n---\n",
-        serde_yaml::to_string(&deployment(json!({}))).unwrap()
+        calmplane::yaml::to_string(&deployment(json!({}))).unwrap()
     );
     let answer = preview(&mut c, "/preview", "application/yaml", stream).await;
     let items = answer["items"]
@@ -777,7 +777,7 @@ async fn preview_accepts_json_yaml_streams_lists_and_reviews() {
     ))
     .unwrap();
     // The file ends with a `---` separator: read its first document.
-    let list: Value = serde_yaml::from_str(list_text.split("\n---").next().unwrap()).unwrap();
+    let list: Value = calmplane::yaml::from_str(list_text.split("\n---").next().unwrap()).unwrap();
     let answer = preview(&mut c, "/preview", "application/yaml", list_text).await;
     let items = answer["items"].as_array().unwrap();
     assert_eq!(items.len(), list["items"].as_array().unwrap().len());
@@ -994,7 +994,8 @@ async fn the_curl_example_from_the_issue_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON from curl");
-    let input: Value = serde_yaml::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    let input: Value =
+        calmplane::yaml::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
     assert_eq!(answer["kind"], "Deployment");
     check_preview(&answer, &input);
     // maxSurge 0 raised with a warning; maxUnavailable 0.
@@ -1064,7 +1065,7 @@ async fn preview_yaml_hard_cases_from_the_corpus() {
 
     // Null maps: `annotations:` with no value (linkerd's kubectl-get output).
     let text = read("linkerd__linkerd2__cli__cmd__testdata__inject_tap_deployment.input.yml");
-    let input: Value = serde_yaml::from_str(&text).unwrap();
+    let input: Value = calmplane::yaml::from_str(&text).unwrap();
     assert!(input["metadata"]["annotations"].is_null());
     let answer = preview(&mut c, "/preview", "application/yaml", text).await;
     check_preview(&answer, &input);

@@ -94,11 +94,9 @@ fn run(cmd: &mut Command) -> Output {
 
 /// Every non-empty document of a YAML stream.
 fn yaml_docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|de| {
-            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(de).expect("valid YAML");
-            serde_json::to_value(v).expect("YAML that maps to JSON")
-        })
+    calmplane::yaml::documents(text)
+        .expect("valid YAML")
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -1146,7 +1144,7 @@ fn the_deployment_follows_the_advice_calmplane_enforces() {
         .as_str()
         .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no {key}"));
     calmplane::config::Config::from_yaml(text, &key).expect("the policy file loads");
-    let sections: Value = serde_yaml::from_str(text).expect("policy YAML");
+    let sections: Value = calmplane::yaml::from_str(text).expect("policy YAML");
     for section in ["lease", "rolloutHistory", "dns", "prestop", "rollout"] {
         assert!(
             sections.get(section).is_some(),
@@ -1257,7 +1255,7 @@ fn calmplane_preview_finds_nothing_to_change_in_its_own_deployment() {
         .expect("container")
         .remove("lifecycle");
     let bare_file = tmp.path().join("bare.yaml");
-    std::fs::write(&bare_file, serde_yaml::to_string(&bare).expect("yaml")).expect("write");
+    std::fs::write(&bare_file, calmplane::yaml::to_string(&bare).expect("yaml")).expect("write");
     let result = preview(&bare_file, &[]);
     let paths = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -1516,7 +1514,7 @@ fn readme_images_example() -> Value {
         .filter_map(|b| b.split("```").next())
         .find(|b| b.trim_start().starts_with("images:"))
         .expect("the README documents a kustomize `images:` override");
-    serde_yaml::from_str::<Value>(block).expect("the README's images: block is YAML")["images"]
+    calmplane::yaml::from_str::<Value>(block).expect("the README's images: block is YAML")["images"]
         .clone()
 }
 
@@ -1590,7 +1588,7 @@ fn the_image_is_the_same_everywhere_and_the_documented_override_applies() {
         });
         std::fs::write(
             dir.join("kustomization.yaml"),
-            serde_yaml::to_string(&kustomization).expect("yaml"),
+            calmplane::yaml::to_string(&kustomization).expect("yaml"),
         )
         .expect("write kustomization");
         let (_, docs) = kustomize(&kubectl, &dir);
@@ -1664,7 +1662,7 @@ mod register {
             let bytes = body.collect().await.expect("request body").to_bytes();
             let text = String::from_utf8(bytes.to_vec()).expect("UTF-8 body");
             // application/apply-patch+yaml: parse as YAML (JSON is YAML).
-            let body: Value = serde_yaml::from_str(&text).expect("YAML body");
+            let body: Value = calmplane::yaml::from_str(&text).expect("YAML body");
             let query = parts
                 .uri
                 .query()

@@ -66,11 +66,9 @@ fn tool(name: &str, test: &str) -> Option<PathBuf> {
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|de| {
-            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(de).expect("valid YAML");
-            serde_json::to_value(v).expect("YAML that maps to JSON")
-        })
+    calmplane::yaml::documents(text)
+        .expect("valid YAML")
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }

@@ -817,7 +817,7 @@ fn dns_adds_ndots_2_as_a_string_and_single_request_reopen() {
         "kubernetes__website__content__en__examples__service__networking__custom-dns.yaml",
     ))
     .unwrap();
-    let pod: Value = serde_yaml::from_str(&text).unwrap();
+    let pod: Value = calmplane::yaml::from_str(&text).unwrap();
     let out = h.pod("dns-custom-dns", "default", &pod);
     assert_eq!(
         out.object["spec"]["dnsConfig"]["options"],

@@ -162,7 +162,7 @@ impl Calmplane {
             .arg(ca_bundle)
             .arg("--url")
             .arg(self.url()))?;
-        Ok(serde_yaml::from_str(&yaml)?)
+        Ok(calmplane::yaml::from_str(&yaml)?)
     }
 }
 

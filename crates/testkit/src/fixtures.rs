@@ -61,12 +61,9 @@ fn json_file(name: &str) -> Value {
 
 /// The first document of `kind`/`name` in a multi-document YAML file.
 fn yaml_doc(file: &str, kind: &str, name: &str) -> Value {
-    use serde::Deserialize;
     let text = read(file);
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let Ok(value) = Value::deserialize(doc) else {
-            continue;
-        };
+    let docs = calmplane::yaml::documents(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    for value in docs {
         if value["kind"] == kind && value["metadata"]["name"] == name {
             return value;
         }

@@ -50,19 +50,12 @@ fn documents(text: &str) -> Vec<Value> {
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         return vec![v];
     }
-    let mut docs = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(text) {
-        use serde::Deserialize as _;
-        let Ok(yaml) = serde_yaml::Value::deserialize(de) else {
-            break;
-        };
-        if let Ok(v) = serde_json::to_value(&yaml) {
-            if v.is_object() {
-                docs.push(v);
-            }
-        }
-    }
-    docs
+    // A file the YAML reader refuses (a duplicate key) gives no seeds.
+    calmplane::yaml::documents(text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(Value::is_object)
+        .collect()
 }
 
 fn objects(doc: &Value) -> Vec<Value> {
