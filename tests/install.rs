@@ -14,6 +14,8 @@
 //! `calmplane register` talks to a `tower-test` mock in place of the apiserver.
 
 use base64::Engine as _;
+use calmplane_testkit::harness::python;
+use calmplane_testkit::tools::{required, run_ok, yaml_docs};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -41,64 +43,14 @@ fn calmplane() -> Command {
     Command::new(env!("CARGO_BIN_EXE_calmplane"))
 }
 
-/// The test venv's Python (`make venv`), as the testkit harness does; not shared
-/// with it so that this file does not depend on the TLS test harness.
-fn python() -> PathBuf {
-    std::env::var_os("CALMPLANE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"))
-}
-
-fn in_ci() -> bool {
-    matches!(std::env::var("CI").as_deref(), Ok(v) if !v.is_empty() && v != "false" && v != "0")
-}
-
 /// kubectl from PATH; `None` (after saying why) where it is absent, except in
 /// CI, where rendering must not be silently skipped.
 fn kubectl(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !in_ci(),
-            "{test}: CI is set but kubectl is not on PATH; the overlays must be rendered in CI"
-        );
-        // Straight to stderr: the test harness captures eprintln! of passing
-        // tests, and a skip must be visible.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: kubectl is not on PATH (install it to render the overlays)"
-        );
-    }
-    found
+    required("kubectl", test, "install it to render the overlays")
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Every non-empty document of a YAML stream.
-fn yaml_docs(text: &str) -> Vec<Value> {
-    calmplane::yaml::documents(text)
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
+    run_ok(cmd)
 }
 
 fn read_docs(path: &Path) -> Vec<Value> {

@@ -17,8 +17,10 @@
 //! under CI=true, where they fail.
 
 use calmplane_testkit::fake_apiserver::FakeApiServer;
+use calmplane_testkit::harness::python;
 use calmplane_testkit::lease_monitor::{http_get, Monitor};
 use calmplane_testkit::process::free_port;
+use calmplane_testkit::tools::{required, run_ok, yaml_docs};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -43,34 +45,14 @@ fn rule_file() -> PathBuf {
     monitoring().join("rules/calmplane.rules.yaml")
 }
 
-fn in_ci() -> bool {
-    matches!(std::env::var("CI").as_deref(), Ok(v) if !v.is_empty() && v != "false" && v != "0")
-}
-
 /// `tool` from PATH, or `None` after saying why this test is skipped (a
 /// failure in CI, where nothing may be skipped silently).
 fn tool(name: &str, test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let why = format!(
-            "{test}: `{name}` is not on PATH; install Debian's `prometheus` package (`make test` does)"
-        );
-        assert!(!in_ci(), "{why}");
-        eprintln!("SKIPPED {why}");
-    }
-    found
-}
-
-fn yaml_docs(text: &str) -> Vec<Value> {
-    calmplane::yaml::documents(text)
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
+    required(
+        name,
+        test,
+        "install Debian's `prometheus` package (`make test` does)",
+    )
 }
 
 fn read_yaml(path: &Path) -> Value {
@@ -81,16 +63,12 @@ fn read_yaml(path: &Path) -> Value {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
+    let out = run_ok(cmd);
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
+    )
 }
 
 // ------------------------------------------------------------- promtool
@@ -420,20 +398,11 @@ fn the_dashboard_has_the_panels_of_the_issue() {
 // ------------------------------------------------------------ manifests
 
 fn kubectl() -> Option<PathBuf> {
-    let found = tool_quiet("kubectl");
-    if found.is_none() {
-        assert!(!in_ci(), "kubectl is not on PATH");
-        eprintln!("SKIPPED: kubectl is not on PATH");
-    }
-    found
-}
-
-fn tool_quiet(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
+    required(
+        "kubectl",
+        "manifests/monitoring",
+        "install it to render the kustomization",
+    )
 }
 
 fn rendered() -> Option<(String, Vec<Value>)> {
@@ -447,12 +416,6 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind}/{name}"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("CALMPLANE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"))
 }
 
 /// Only these fields, recursively for the listed paths: a structural check

@@ -21,3 +21,4 @@ pub mod process;
 pub mod pychecks;
 pub mod review;
 pub mod seeds;
+pub mod tools;
