@@ -1180,7 +1180,14 @@ async fn c9_latency(env: &Env) -> Result<()> {
     ];
     let before = prom::buckets(&env.metrics().await?, name, &labels);
     let own = "calmplane_admission_duration_seconds";
-    let own_before = prom::buckets(&env.calmplane.lock().await.metrics().await?, own, &[]);
+    let own_metrics = env.calmplane.lock().await.metrics().await?;
+    let own_before = prom::buckets(&own_metrics, own, &[]);
+    // The apiserver keeps its connections to calmplane open (HTTP/1.1
+    // keep-alive): the handshakes calmplane counts must be a handful, not one
+    // per admission.
+    let handshakes = "calmplane_tls_handshakes_total";
+    let ok = [("outcome", "success")];
+    let handshakes_before = prom::sum(&own_metrics, handshakes, &ok);
     let fails_before = fail_open(&env.metrics().await?);
     // Every worker alternates between the opted-in namespace and one that
     // calmplane never sees, so both sets of creates share the same load:
@@ -1244,10 +1251,10 @@ async fn c9_latency(env: &Env) -> Result<()> {
         p99 * 1e3,
         100.0 * within_5ms / total
     );
-    let own_delta = prom::delta(
-        &own_before,
-        &prom::buckets(&env.calmplane.lock().await.metrics().await?, own, &[]),
-    );
+    let own_metrics = env.calmplane.lock().await.metrics().await?;
+    let own_delta = prom::delta(&own_before, &prom::buckets(&own_metrics, own, &[]));
+    let new_handshakes = prom::sum(&own_metrics, handshakes, &ok) - handshakes_before;
+    eprintln!("c9: {total} admissions over {new_handshakes} new TLS handshakes ({handshakes})");
     eprintln!(
         "c9: calmplane's own {own} over the same requests: p50 {:.3} ms, p99 {:.3} ms",
         prom::quantile(0.5, &own_delta)? * 1e3,
@@ -1265,6 +1272,12 @@ async fn c9_latency(env: &Env) -> Result<()> {
     ensure!(
         fail_open(&metrics) == fails_before,
         "admissions failed open"
+    );
+    // 4 concurrent clients: the apiserver needs a few connections, never one
+    // per call.
+    ensure!(
+        new_handshakes <= 16.0,
+        "{new_handshakes} TLS handshakes for {total} admissions: the apiserver's connections are not kept alive"
     );
     Ok(())
 }
