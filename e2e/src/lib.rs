@@ -114,15 +114,7 @@ impl Drop for Child {
 /// Run `cmd` and return its stdout; an error with its stderr if it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
+    stdout_of(cmd, out)
 }
 
 /// Run `cmd` with `stdin` as its standard input; stdout, or an error with stderr.
@@ -136,6 +128,11 @@ pub fn run_with_input(cmd: &mut Command, stdin: &[u8]) -> Result<String> {
         .with_context(|| format!("running {cmd:?}"))?;
     child.stdin.take().context("stdin")?.write_all(stdin)?;
     let out = child.wait_with_output()?;
+    stdout_of(cmd, out)
+}
+
+/// The stdout of a finished `cmd`, or an error with both outputs if it failed.
+fn stdout_of(cmd: &Command, out: std::process::Output) -> Result<String> {
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\n{}{}",
