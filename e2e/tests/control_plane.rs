@@ -72,21 +72,8 @@ impl Env {
     /// Wait until a dry-run Pod in `ns` comes back mutated: the apiserver
     /// loads webhook configurations asynchronously.
     async fn wait_mutating(&self, ns: &str) -> Result<()> {
-        let api: Api<Pod> = Api::namespaced(self.client(), ns);
-        wait_until(Duration::from_secs(60), || {
-            let api = api.clone();
-            async move {
-                let pod = api
-                    .create(
-                        &PostParams {
-                            dry_run: true,
-                            ..Default::default()
-                        },
-                        &pod_object("probe", &[]),
-                    )
-                    .await?;
-                Ok(is_mutated(&serde_json::to_value(pod)?))
-            }
+        wait_for_probe(self.client(), ns, |pod| {
+            serde_json::to_value(pod).is_ok_and(|v| is_mutated(&v))
         })
         .await
         .context("calmplane never mutated a dry-run Pod")
@@ -138,23 +125,7 @@ impl Env {
         let ns = self
             .namespace("e2e-barrier", &[("e2e.calmplane.dev/barrier", "true")])
             .await?;
-        let api: Api<Pod> = Api::namespaced(self.client(), &ns);
-        let seen = wait_until(Duration::from_secs(60), || {
-            let api = api.clone();
-            async move {
-                let pod = api
-                    .create(
-                        &PostParams {
-                            dry_run: true,
-                            ..Default::default()
-                        },
-                        &pod_object("probe", &[]),
-                    )
-                    .await?;
-                Ok(pod.spec.is_some_and(|s| s.containers.len() == 2))
-            }
-        })
-        .await;
+        let seen = wait_for_probe(self.client(), &ns, two_containers).await;
         let configs: Api<MutatingWebhookConfiguration> = Api::all(self.client());
         configs
             .delete("zz-e2e-barrier", &Default::default())
@@ -165,6 +136,31 @@ impl Env {
     fn kubectl(&self) -> std::process::Command {
         self.cluster.kubectl()
     }
+}
+
+/// Create dry-run probe Pods in `ns` until what the apiserver returns
+/// satisfies `check`, for up to 60 s: the apiserver loads webhook
+/// configurations asynchronously, so a new one takes effect a little later.
+async fn wait_for_probe(client: kube::Client, ns: &str, check: fn(&Pod) -> bool) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client, ns);
+    wait_until(Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let dry_run = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let pod = api.create(&dry_run, &pod_object("probe", &[])).await?;
+            Ok(check(&pod))
+        }
+    })
+    .await
+}
+
+/// The probe Pod came back with a second container: the harness's own
+/// webhook ran.
+fn two_containers(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.containers.len() == 2)
 }
 
 /// A Pod with one container and the lease selectors calmplane rewrites
@@ -866,24 +862,9 @@ async fn c6_reinvocation(env: &Env) -> Result<()> {
         )
         .await?;
     let result: Result<()> = async {
-        let api: Api<Pod> = Api::namespaced(env.client(), &ns);
-        wait_until(Duration::from_secs(60), || {
-            let api = api.clone();
-            async move {
-                let pod = api
-                    .create(
-                        &PostParams {
-                            dry_run: true,
-                            ..Default::default()
-                        },
-                        &pod_object("probe", &[]),
-                    )
-                    .await?;
-                Ok(pod.spec.is_some_and(|s| s.containers.len() == 2))
-            }
-        })
-        .await
-        .context("the second webhook never ran")?;
+        wait_for_probe(env.client(), &ns, two_containers)
+            .await
+            .context("the second webhook never ran")?;
 
         let metrics = env.metrics().await?;
         let (ours, theirs) = (
