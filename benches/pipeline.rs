@@ -5,8 +5,9 @@
 //! ```text
 //! inprocess/calmplane/<fixture>  review::parse + review::admit -> response String
 //! inprocess/floor/<fixture>      serde_json::from_slice::<Value> + to_string, same bytes
-//! stage/parse/<fixture>          review::parse
+//! stage/parse/<fixture>          review::parse: envelope, then the view of the object
 //! stage/policies/<fixture>       Pipeline::run on the parsed object
+//! stage/patch/<fixture>          the JSON Patch alone, serialised (part of the response)
 //! stage/response/<fixture>       review::response_body (patch JSON, base64, envelope)
 //! e2e/calmplane/<fixture>        POST /mutate on a kept-alive HTTPS connection, in-process server
 //! e2e/floor/<fixture>            the same request to a bare rustls+hyper server (canned answer)
@@ -49,7 +50,10 @@ fn inprocess(c: &mut Criterion, fixtures: &[fixtures::Fixture], pipeline: &Pipel
 }
 
 /// Run the policies of a parsed request (what `review::admit` does, minus the envelope).
-fn run_policies(pipeline: &Pipeline, request: review::RequestIn) -> calmplane::pipeline::Outcome {
+fn run_policies(
+    pipeline: &Pipeline,
+    request: review::RequestIn<'_>,
+) -> calmplane::pipeline::Outcome {
     let kind = Kind::from_gvk(
         &request.kind.group,
         &request.kind.version,
@@ -61,6 +65,7 @@ fn run_policies(pipeline: &Pipeline, request: review::RequestIn) -> calmplane::p
         operation: review::parse_operation(&request.operation).expect("known operation"),
         namespace: request.namespace.as_deref(),
         old_object: request.old_object.as_ref(),
+        templates: request.templates,
     };
     pipeline.run(&req, request.object.expect("fixtures have an object"))
 }
@@ -81,6 +86,9 @@ fn stages(c: &mut Criterion, fixtures: &[fixtures::Fixture], pipeline: &Pipeline
         });
         let outcome = run_policies(pipeline, review::parse(&f.body).expect("parses"));
         let uid = review::parse(&f.body).expect("parses").uid;
+        group.bench_with_input(BenchmarkId::new("patch", f.name), &outcome, |b, o| {
+            b.iter(|| serde_json::to_vec(black_box(&o.patch)).expect("serialises"))
+        });
         group.bench_with_input(BenchmarkId::new("response", f.name), &outcome, |b, o| {
             b.iter(|| review::response_body(black_box(&uid), black_box(o)))
         });

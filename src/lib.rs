@@ -9,7 +9,10 @@
 //!                        server (axum)         POST /mutate, timing, metrics, logs
 //!                            │
 //!                            ▼
-//!                        review::parse         AdmissionReview v1 envelope; object stays a serde_json::Value
+//!                        review::parse         AdmissionReview v1 envelope; object and oldObject stay JSON text
+//!                            │
+//!                            ▼
+//!                        view::parse           only the members the policies read become a serde_json::Value
 //!                            │
 //!                            ▼
 //!                        pipeline::Pipeline    for each policy: policy.apply(ctx, &mut Mutation)
@@ -18,7 +21,7 @@
 //!                        patch::Mutation       edits in place and records RFC 6902 ops as it goes
 //!                            │
 //!                            ▼
-//!                        review::response_body AdmissionReview v1, patch = base64(JSON Patch)
+//!                        review::response_body AdmissionReview v1 in one buffer, patch = base64(JSON Patch)
 //! ```
 //!
 //! `preview` runs the same pipeline for `POST /preview` and `calmplane
@@ -39,6 +42,7 @@ pub mod register;
 pub mod review;
 pub mod selector;
 pub mod server;
+pub mod view;
 pub mod yaml;
 
 /// Pod annotation holding a lease selector (configurable: `lease.annotations`).

@@ -110,6 +110,11 @@ pub struct Request<'a> {
     pub namespace: Option<&'a str>,
     /// The object before an UPDATE, so a policy can tell what the update changes.
     pub old_object: Option<&'a Value>,
+    /// The pod templates of a Deployment UPDATE as text, which
+    /// `rollout-history` compares. Required when `object` and `old_object`
+    /// are views ([`crate::view`]), whose templates are not all there; when
+    /// `None`, the templates of the two values are compared.
+    pub templates: Option<crate::view::Templates<'a>>,
 }
 
 impl Pipeline {
@@ -170,6 +175,7 @@ impl Pipeline {
             operation: req.operation.clone(),
             namespace: namespace.as_deref(),
             old_object: req.old_object,
+            templates: req.templates,
             now: self.clock.now_unix(),
         };
         let mut m = Mutation::new(object);

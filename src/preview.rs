@@ -140,7 +140,10 @@ fn list_items(doc: &Value) -> Option<&Vec<Value>> {
 }
 
 fn preview_review(pipeline: &Pipeline, doc: Value) -> Result<Preview, PreviewError> {
-    let request = review::from_value(doc)?;
+    // The review as text, so it takes the same envelope parse as `/mutate`;
+    // only the extent differs: a preview shows the whole patched object.
+    let text = serde_json::to_vec(&doc).map_err(review::ReviewError::NotJson)?;
+    let request = review::parse_with(&text, crate::view::Extent::Whole)?;
     let namespace = request.namespace.clone();
     let review::Admission { summary, outcome } = review::admit(pipeline, request);
     let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
@@ -171,6 +174,7 @@ pub fn preview_object(pipeline: &Pipeline, object: Value, namespace: Option<&str
                 operation: Operation::Create,
                 namespace: namespace.as_deref(),
                 old_object: None,
+                templates: None,
             };
             (None, pipeline.run(&req, object))
         }
@@ -245,6 +249,7 @@ fn template_preview(
         operation: Operation::Create,
         namespace,
         old_object: None,
+        templates: None,
     };
     let mut preview = finish("Pod".to_string(), "CREATE", None, pipeline.run(&req, pod));
     preview.namespace = namespace.map(str::to_string);

@@ -1,20 +1,24 @@
 //! The AdmissionReview v1 envelope: request bytes in, response bytes out.
 //!
-//! The request is parsed into a thin struct whose `object` stays a
-//! `serde_json::Value`, then handed to the [`Pipeline`]. We reuse kube's
-//! `Operation` and `GroupVersionKind`, but not its `AdmissionRequest<T>`:
-//! that forces the object through a typed `ObjectMeta` (dropping fields it
-//! does not know), and its `AdmissionResponse.patch` serialises as an array of
-//! numbers, while the apiserver expects the documented base64 string.
+//! The envelope is parsed with `object` and `oldObject` left as borrowed JSON
+//! text (`&RawValue`): nothing is copied or built until the request's kind is
+//! known. Then only the members the policies read become a
+//! `serde_json::Value` ([`view`]). We reuse kube's `Operation` and
+//! `GroupVersionKind`, but not its `AdmissionRequest<T>`: that forces the
+//! object through a typed `ObjectMeta` (dropping fields it does not know), and
+//! its `AdmissionResponse.patch` serialises as an array of numbers, while the
+//! apiserver expects the documented base64 string.
 
 use crate::pipeline::{Outcome, Pipeline, Request};
 use crate::policy::Kind;
-use base64::Engine as _;
+use crate::view::{self, Extent, Shape, Templates};
 use kube::core::admission::Operation;
 use kube::core::GroupVersionKind;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::io::Write as _;
 
 /// The only AdmissionReview version calmplane speaks, and the only one the
 /// webhook configuration asks the apiserver for.
@@ -57,19 +61,36 @@ pub enum ReviewError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    request: Option<RequestIn>,
+struct ReviewIn<'a> {
+    #[serde(borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request: Option<RequestWire<'a>>,
 }
 
-/// The fields of `AdmissionRequest` calmplane reads; the rest is ignored.
+/// The fields of `AdmissionRequest` calmplane reads, as sent; the rest is
+/// skipped. The objects stay text until the kind is known.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestIn {
+struct RequestWire<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: String,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+}
+
+/// An admission request, ready for the pipeline.
+#[derive(Debug)]
+pub struct RequestIn<'a> {
     /// Echoed in the response, which is how the apiserver pairs the two.
     pub uid: String,
     /// The object's group/version/kind: decides which policies run, and
@@ -77,21 +98,23 @@ pub struct RequestIn {
     pub kind: GroupVersionKind,
     /// Set for requests on a subresource (`status`, `scale`, ...), which are
     /// allowed untouched: there the edits would be wrong (a `Scale`) or dropped.
-    #[serde(default)]
     pub sub_resource: Option<String>,
     /// The request's namespace, which is authoritative: the object's own
     /// metadata may leave it to the URL.
-    #[serde(default)]
     pub namespace: Option<String>,
     /// Kept as text: an operation this build does not know (a newer
     /// apiserver, a fixture) is allowed untouched rather than rejected.
     pub operation: String,
-    /// The object to mutate, kept untyped so no field is lost; absent on DELETE.
-    #[serde(default)]
+    /// The object to mutate, untyped so no field is lost: with
+    /// [`Extent::Read`] only the members the policies read, with
+    /// [`Extent::Whole`] all of it. Absent on DELETE.
     pub object: Option<Value>,
-    /// The stored object on UPDATE, which `rollout-history` compares against.
-    #[serde(default)]
+    /// The stored object on UPDATE (same extent), whose annotations
+    /// `rollout-history` reads.
     pub old_object: Option<Value>,
+    /// Both pod templates of a Deployment UPDATE, as text, for
+    /// `rollout-history` to compare.
+    pub templates: Option<Templates<'a>>,
 }
 
 /// How a request ended, for metrics and the log line.
@@ -161,8 +184,14 @@ pub fn operation_label(op: &str) -> &'static str {
     parse_operation(op).as_ref().map_or("other", operation_str)
 }
 
-/// Parse the envelope of an AdmissionReview v1.
-pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
+/// Parse an AdmissionReview v1 for `/mutate`: only what the policies read
+/// is built.
+pub fn parse(body: &[u8]) -> Result<RequestIn<'_>, ReviewError> {
+    parse_with(body, Extent::Read)
+}
+
+/// Parse an AdmissionReview v1, building as much of its objects as `extent` says.
+pub fn parse_with(body: &[u8], extent: Extent) -> Result<RequestIn<'_>, ReviewError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(ReviewError::Empty),
         Some(b'[') => return Err(ReviewError::NotAnObject("a JSON array")),
@@ -175,7 +204,7 @@ pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
             });
         }
     }
-    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
+    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ReviewError::NotJson(e)
         } else if serde_json::from_slice::<Value>(body).is_ok_and(|v| is_bare_request(&v)) {
@@ -184,24 +213,11 @@ pub fn parse(body: &[u8]) -> Result<RequestIn, ReviewError> {
             ReviewError::Invalid(e)
         }
     })?;
-    check(review)
+    let request = check(review)?;
+    build(request, extent).map_err(ReviewError::Invalid)
 }
 
-/// Parse an AdmissionReview that is already a JSON value (one document of a
-/// `calmplane preview` input), without writing it out as bytes again.
-pub fn from_value(review: Value) -> Result<RequestIn, ReviewError> {
-    let bare = is_bare_request(&review);
-    let review: ReviewIn = serde_json::from_value(review).map_err(|e| {
-        if bare {
-            ReviewError::BareRequest
-        } else {
-            ReviewError::Invalid(e)
-        }
-    })?;
-    check(review)
-}
-
-fn check(review: ReviewIn) -> Result<RequestIn, ReviewError> {
+fn check(review: ReviewIn<'_>) -> Result<RequestWire<'_>, ReviewError> {
     match review.api_version.as_deref() {
         Some(API_VERSION) => {}
         other => {
@@ -219,6 +235,50 @@ fn check(review: ReviewIn) -> Result<RequestIn, ReviewError> {
         return Err(ReviewError::NoUid);
     }
     Ok(request)
+}
+
+/// What `/mutate` reads of an object no policy handles: its name, for the
+/// logs and reports.
+const METADATA_ONLY: Shape = Shape::Members(&[(
+    "metadata",
+    Shape::Members(&[
+        ("name", Shape::All),
+        ("generateName", Shape::All),
+        ("namespace", Shape::All),
+    ]),
+)]);
+
+/// Build the objects of a checked request: the view its kind's policies
+/// read, or all of it.
+fn build(wire: RequestWire<'_>, extent: Extent) -> Result<RequestIn<'_>, serde_json::Error> {
+    let kind = Kind::from_gvk(&wire.kind.group, &wire.kind.version, &wire.kind.kind);
+    let shape = match (extent, kind) {
+        (Extent::Whole, _) => &Shape::All,
+        (Extent::Read, Some(kind)) => kind.shape(),
+        (Extent::Read, None) => &METADATA_ONLY,
+    };
+    let object = wire
+        .object
+        .map(|text| view::parse(text.get(), shape))
+        .transpose()?;
+    // Only a Deployment UPDATE is compared with what it replaces.
+    let (old_object, templates) = match (kind, wire.object, wire.old_object) {
+        (Some(Kind::Deployment), Some(new), Some(old)) => (
+            Some(view::parse(old.get(), shape)?),
+            Some(Templates::find(new, old)),
+        ),
+        _ => (None, None),
+    };
+    Ok(RequestIn {
+        uid: wire.uid,
+        kind: wire.kind,
+        sub_resource: wire.sub_resource,
+        namespace: wire.namespace,
+        operation: wire.operation,
+        object,
+        old_object,
+        templates,
+    })
 }
 
 /// An AdmissionRequest sent without its AdmissionReview envelope (test
@@ -248,7 +308,7 @@ impl Admission {
 }
 
 /// Run the pipeline for one parsed request.
-pub fn admit(pipeline: &Pipeline, request: RequestIn) -> Admission {
+pub fn admit(pipeline: &Pipeline, request: RequestIn<'_>) -> Admission {
     let RequestIn {
         uid,
         kind: gvk,
@@ -257,6 +317,7 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn) -> Admission {
         operation,
         object,
         old_object,
+        templates,
     } = request;
     let kind = Kind::from_gvk(&gvk.group, &gvk.version, &gvk.kind);
     let operation_label = operation_label(&operation);
@@ -278,6 +339,7 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn) -> Admission {
                 operation,
                 namespace: namespace.as_deref(),
                 old_object: old_object.as_ref(),
+                templates,
             };
             let outcome = pipeline.run(&req, object);
             summary.verdict = if outcome.patch.is_empty() {
@@ -293,54 +355,55 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn) -> Admission {
     Admission { summary, outcome }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    audit_annotations: BTreeMap<&'static str, String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
-}
-
 /// The AdmissionReview v1 response. `allowed` is always true: calmplane only
 /// defaults, it never denies.
+///
+/// Written straight into one buffer: the JSON Patch is serialised through a
+/// base64 encoder into the response, with no intermediate patch text or
+/// envelope struct.
 pub fn response_body(uid: &str, outcome: &Outcome) -> String {
-    // Serialising JSON values and strings cannot fail (no maps with
-    // non-string keys, no failing Serialize impls), so an empty fallback is
-    // never taken; it only keeps a panic off the request path.
-    let patch = (!outcome.patch.is_empty()).then(|| {
-        let json = serde_json::to_vec(&outcome.patch).unwrap_or_default();
-        base64::engine::general_purpose::STANDARD.encode(json)
-    });
-    let mut audit_annotations = BTreeMap::new();
-    if !outcome.policies.is_empty() {
-        audit_annotations.insert("policies", outcome.policies.join(","));
+    let mut out = Vec::with_capacity(256 + 96 * outcome.patch.len());
+    // Writing to a Vec cannot fail and JSON values and strings always
+    // serialise, so the empty fallback is never taken; it only keeps a panic
+    // off the request path.
+    if write_response(&mut out, uid, outcome).is_err() {
+        return String::new();
     }
-    let review = ReviewOut {
-        api_version: API_VERSION,
-        kind: "AdmissionReview",
-        response: ResponseOut {
-            uid,
-            allowed: true,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            audit_annotations,
-            warnings: &outcome.warnings,
-        },
-    };
-    serde_json::to_string(&review).unwrap_or_default()
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn write_response(out: &mut Vec<u8>, uid: &str, outcome: &Outcome) -> std::io::Result<()> {
+    out.extend_from_slice(b"{\"apiVersion\":\"");
+    out.extend_from_slice(API_VERSION.as_bytes());
+    out.extend_from_slice(b"\",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    serde_json::to_writer(&mut *out, uid)?;
+    out.extend_from_slice(b",\"allowed\":true");
+    if !outcome.patch.is_empty() {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        {
+            let mut base64 = base64::write::EncoderWriter::new(
+                &mut *out,
+                &base64::engine::general_purpose::STANDARD,
+            );
+            serde_json::to_writer(&mut base64, &outcome.patch)?;
+            base64.finish()?;
+        }
+        out.push(b'"');
+    }
+    if let Some((first, rest)) = outcome.policies.split_first() {
+        // Policy names are our own constants: lower-case letters and dashes,
+        // nothing to escape.
+        out.extend_from_slice(b",\"auditAnnotations\":{\"policies\":\"");
+        out.extend_from_slice(first.as_bytes());
+        for name in rest {
+            out.push(b',');
+            out.extend_from_slice(name.as_bytes());
+        }
+        out.extend_from_slice(b"\"}");
+    }
+    if !outcome.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":");
+        serde_json::to_writer(&mut *out, &outcome.warnings)?;
+    }
+    out.write_all(b"}}")
 }

@@ -7,11 +7,16 @@
 //! `kubernetes-validate --strict`), then fed back for a second pass that must
 //! yield no patch.
 
+use calmplane::config::Config;
+use calmplane::pipeline::{FixedClock, Pipeline, Request};
+use calmplane::policy::Kind;
 use calmplane_testkit::harness::*;
 use calmplane_testkit::pychecks;
+use calmplane_testkit::review::view_matches_whole;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::sync::Arc;
 
 /// One patched object, for the independent checker.
 struct Case {
@@ -79,6 +84,9 @@ struct Runner {
     uid: u64,
     mutated: BTreeSet<String>,
     allowed_untouched: usize,
+    /// The server's policies in process, to hold the view `/mutate` builds
+    /// to the whole object on every manifest.
+    pipeline: Pipeline,
 }
 
 impl Runner {
@@ -95,6 +103,29 @@ impl Runner {
         self.uid += 1;
         let uid = format!("corpus-{}", self.uid);
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or("corpus");
+        if let Some(kind) = Kind::from_object(object) {
+            let operation = calmplane::review::parse_operation(operation).expect("known operation");
+            let request = Request {
+                kind,
+                operation: operation.clone(),
+                namespace: Some(namespace),
+                old_object: old,
+                templates: None,
+            };
+            let whole = self.pipeline.run(&request, object.clone());
+            let operation = calmplane::review::operation_str(&operation);
+            let namespace = Some(namespace);
+            view_matches_whole(
+                &self.pipeline,
+                kind,
+                operation,
+                namespace,
+                object,
+                old,
+                &whole,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
         let reply = self
             .client
             .mutate(&review(&uid, operation, namespace, object, old))
@@ -226,6 +257,7 @@ async fn every_corpus_manifest_goes_through_mutate_over_tls() {
         uid: 0,
         mutated: BTreeSet::new(),
         allowed_untouched: 0,
+        pipeline: Pipeline::new(&Config::default(), Arc::new(FixedClock(1_800_000_000))),
     };
     let (mut pods, mut deployments, mut templates, mut reviews) = (0, 0, 0, 0);
 

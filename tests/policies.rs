@@ -18,6 +18,7 @@ use calmplane::SKIP_ANNOTATION;
 use calmplane::{LEASE_SCOPE_ANNOTATION, LEASE_SELECTOR_ANNOTATION, ROLLOUTS_ANNOTATION};
 use calmplane_testkit::harness::*;
 use calmplane_testkit::pychecks::PyChecks;
+use calmplane_testkit::review;
 use kube::core::admission::Operation;
 use serde_json::{json, Value};
 
@@ -57,11 +58,24 @@ impl Harness {
     ) -> Outcome {
         let req = Request {
             kind,
-            operation,
+            operation: operation.clone(),
             namespace: Some(namespace),
             old_object: old,
+            templates: None,
         };
         let out = self.pipeline.run(&req, object.clone());
+        // `/mutate` reads only the view of the object: it must do the same.
+        if let Err(e) = review::view_matches_whole(
+            &self.pipeline,
+            kind,
+            calmplane::review::operation_str(&operation),
+            Some(namespace),
+            object,
+            old,
+            &out,
+        ) {
+            panic!("{name}: {e}");
+        }
         for change in &out.changes {
             assert!(
                 out.policies.contains(&change.policy),
@@ -332,6 +346,7 @@ fn lease_unparsable_selectors_are_left_unchanged_with_a_warning() {
                 operation: Operation::Create,
                 namespace: Some("team-a"),
                 old_object: None,
+                templates: None,
             },
             annotated_pod(sel),
         );
@@ -430,6 +445,7 @@ fn lease_mode_pod_turns_the_rewrite_off() {
         operation: Operation::Create,
         namespace: Some("team-a"),
         old_object: None,
+        templates: None,
     };
     assert!(!p.run(&req, pod).policies.contains(&"lease"));
     h.finish();
@@ -703,6 +719,7 @@ fn rollout_history_reinvocation_yields_no_patch() {
             operation: Operation::Update,
             namespace: Some("shop"),
             old_object: Some(&old),
+            templates: None,
         };
         let second = h.pipeline.run(&req, first.object.clone());
         assert!(second.patch.is_empty(), "{:?}", second.patch);

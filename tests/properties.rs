@@ -35,7 +35,7 @@
 use calmplane::config::{Config, PrestopMode};
 use calmplane::pipeline::{FixedClock, Pipeline, Request};
 use calmplane::policy::Kind;
-use calmplane_testkit::{fuzz_check, seeds as fuzz_seeds};
+use calmplane_testkit::{fuzz_check, review, seeds as fuzz_seeds};
 use kube::core::admission::Operation;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -691,12 +691,25 @@ fn check(
 ) -> Result<(), TestCaseError> {
     let request = Request {
         kind,
-        operation,
+        operation: operation.clone(),
         namespace,
         old_object: old,
+        templates: None,
     };
     // 1. No panic (proptest reports a panic as a failure with the input).
     let first = pipeline.run(&request, input.clone());
+
+    // 1b. `/mutate` reads only the view of the object, and must do the same.
+    review::view_matches_whole(
+        pipeline,
+        kind,
+        calmplane::review::operation_str(&operation),
+        namespace,
+        input,
+        old,
+        &first,
+    )
+    .map_err(TestCaseError::fail)?;
 
     // 2. The patch applies to the input and gives the output object, also
     //    after a round trip through JSON, as the apiserver receives it.

@@ -513,6 +513,7 @@ pub fn audit_with(
                 operation: Operation::Create,
                 namespace: Some(&ns),
                 old_object: None,
+                templates: None,
             },
             d,
         );
@@ -572,6 +573,7 @@ pub fn audit_with(
                 operation: Operation::Create,
                 namespace: Some(&ns),
                 old_object: None,
+                templates: None,
             },
             pod,
         );

@@ -73,6 +73,9 @@ pub struct Context<'a> {
     pub namespace: Option<&'a str>,
     /// The object before an UPDATE; `rollout-history` compares templates with it.
     pub old_object: Option<&'a Value>,
+    /// The two pod templates of an UPDATE as text; see
+    /// [`Request::templates`](crate::pipeline::Request::templates).
+    pub templates: Option<crate::view::Templates<'a>>,
     /// Unix seconds, taken once per request from the pipeline's clock.
     pub now: i64,
 }

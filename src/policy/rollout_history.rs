@@ -23,9 +23,10 @@
 
 use super::{Context, Kind, Policy};
 use crate::config::RolloutHistoryConfig;
-use crate::patch::{lookup, str_at, Mutation};
+use crate::patch::{lookup, present, str_at, Mutation};
 use crate::{LEASE_SCOPE_ANNOTATION, ROLLOUTS_ANNOTATION};
 use kube::core::admission::Operation;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
@@ -62,9 +63,16 @@ impl Policy for RolloutHistory {
 
     fn apply(&self, ctx: &Context<'_>, m: &mut Mutation) {
         let Some(old) = ctx.old_object else { return };
-        let new_template = lookup(m.doc(), &["spec", "template"]);
-        let old_template = lookup(old, &["spec", "template"]);
-        if templates_equal(new_template, old_template) {
+        let same = match ctx.templates {
+            Some(t) => same_template(t.object.map(RawValue::get), t.old_object.map(RawValue::get)),
+            None => {
+                let text = |doc: &Value| {
+                    present(doc, &["spec", "template"]).and_then(|t| serde_json::to_string(t).ok())
+                };
+                same_template(text(m.doc()).as_deref(), text(old).as_deref())
+            }
+        };
+        if same {
             restore_dropped(old, m);
             return;
         }
@@ -163,42 +171,79 @@ fn parse_history(s: &str) -> Vec<i64> {
     s.split(',').filter_map(|t| t.trim().parse().ok()).collect()
 }
 
-type Map = serde_json::Map<String, Value>;
-
-/// Template equality, ignoring calmplane's own lease-scope annotation and
-/// treating missing, `null` and empty maps alike. Compares in place: no clone.
-fn templates_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
-    match (a.and_then(Value::as_object), b.and_then(Value::as_object)) {
-        (Some(a), Some(b)) => {
-            same_except(a, b, "metadata") && metadata_equal(a.get("metadata"), b.get("metadata"))
-        }
-        _ => a == b,
+/// Whether two pod templates, given as JSON text, are the same apart from
+/// calmplane's own `lease-scope` annotation and members set to `null` in the
+/// template, its metadata or its annotations.
+///
+/// The apiserver writes `object` and `oldObject` with the same encoder, so an
+/// unchanged template is usually byte-for-byte equal and costs one `memcmp`.
+/// Otherwise both are parsed into borrowed trees (`serde_json_borrow`: no
+/// copies of strings, no hashing), which is far cheaper than building two
+/// `serde_json::Value`s.
+fn same_template(a: Option<&str>, b: Option<&str>) -> bool {
+    if a == b {
+        return true;
+    }
+    let (Some(a), Some(b)) = (a, b) else {
+        return false;
+    };
+    match (
+        serde_json::from_str::<Borrowed<'_>>(a),
+        serde_json::from_str::<Borrowed<'_>>(b),
+    ) {
+        (Ok(a), Ok(b)) => templates_equal(&a, &b),
+        _ => false,
     }
 }
 
-fn metadata_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
-    static EMPTY: std::sync::OnceLock<Map> = std::sync::OnceLock::new();
-    fn obj(v: Option<&Value>) -> &Map {
-        v.and_then(Value::as_object)
-            .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+type Borrowed<'a> = serde_json_borrow::Value<'a>;
+type Object<'a> = serde_json_borrow::ObjectAsVec<'a>;
+
+fn templates_equal(a: &Borrowed<'_>, b: &Borrowed<'_>) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            same_except(a, b, "metadata") && metadata_equal(a.get("metadata"), b.get("metadata"))
+        }
+        _ => equal(a, b),
     }
-    let (a, b) = (obj(a), obj(b));
+}
+
+fn metadata_equal<'v, 'a>(a: Option<&'v Borrowed<'a>>, b: Option<&'v Borrowed<'a>>) -> bool {
+    fn obj<'v, 'a>(v: Option<&'v Borrowed<'a>>, empty: &'v Object<'a>) -> &'v Object<'a> {
+        v.and_then(Borrowed::as_object).unwrap_or(empty)
+    }
+    let empty = Object::default();
+    let (a, b) = (obj(a, &empty), obj(b, &empty));
     same_except(a, b, "annotations")
         && same_except(
-            obj(a.get("annotations")),
-            obj(b.get("annotations")),
+            obj(a.get("annotations"), &empty),
+            obj(b.get("annotations"), &empty),
             LEASE_SCOPE_ANNOTATION,
         )
 }
 
-/// `a` and `b` hold the same non-null members, leaving out `skip`.
-fn same_except(a: &Map, b: &Map, skip: &str) -> bool {
-    let covered = |x: &Map, y: &Map| {
+/// The members of `a` and `b` other than `skip` and `null`s are equal.
+fn same_except(a: &Object<'_>, b: &Object<'_>, skip: &str) -> bool {
+    let covered = |x: &Object<'_>, y: &Object<'_>| {
         x.iter()
-            .filter(|(k, v)| k.as_str() != skip && !v.is_null())
-            .all(|(k, v)| y.get(k) == Some(v))
+            .filter(|(k, v)| *k != skip && !v.is_null())
+            .all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w)))
     };
     covered(a, b) && covered(b, a)
+}
+
+/// JSON equality: members in any order, numbers by their parsed value (as
+/// `serde_json::Value` compares them).
+fn equal(a: &Borrowed<'_>, b: &Borrowed<'_>) -> bool {
+    match (a, b) {
+        (Borrowed::Array(a), Borrowed::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equal(x, y))
+        }
+        (Borrowed::Object(a), Borrowed::Object(b)) => {
+            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| equal(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]
@@ -206,19 +251,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn same(a: &Value, b: &Value) -> bool {
+        same_template(Some(&a.to_string()), Some(&b.to_string()))
+    }
+
     #[test]
     fn template_equality_ignores_only_our_annotation() {
         let a = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}});
         let mut b = a.clone();
         b["metadata"]["annotations"] = json!({LEASE_SCOPE_ANNOTATION: "deployment/x"});
-        assert!(templates_equal(Some(&a), Some(&b)));
+        assert!(same(&a, &b));
         b["metadata"]["annotations"]["other"] = json!("1");
-        assert!(!templates_equal(Some(&a), Some(&b)));
+        assert!(!same(&a, &b));
         let mut c = a.clone();
         c["spec"]["containers"] = json!([{"name": "c"}]);
-        assert!(!templates_equal(Some(&a), Some(&c)));
-        assert!(templates_equal(None, None));
-        assert!(!templates_equal(Some(&a), None));
+        assert!(!same(&a, &c));
+        assert!(same_template(None, None));
+        assert!(!same_template(Some(&a.to_string()), None));
+    }
+
+    #[test]
+    fn template_equality_is_json_equality() {
+        // Member order, whitespace and escapes do not matter; nulls only at
+        // the three top levels; numbers compare as serde_json compares them.
+        let a =
+            r#"{"spec": {"a": 1, "b": [1, {"x": "y", "z": null}]}, "metadata": {"labels": null}}"#;
+        let b = r#"{ "metadata" : {}, "spec": {"b": [1, {"z": null, "\u0078": "y"}], "a": 1}}"#;
+        assert!(same_template(Some(a), Some(b)));
+        let c = r#"{"spec": {"a": 1, "b": [1, {"x": "y"}]}}"#;
+        assert!(!same_template(Some(a), Some(c)), "a deep null is a member");
+        assert!(!same_template(
+            Some(r#"{"spec": {"a": 1}}"#),
+            Some(r#"{"spec": {"a": 1.0}}"#)
+        ));
+        assert!(!same_template(
+            Some(r#"{"spec": [1, 2]}"#),
+            Some(r#"{"spec": [2, 1]}"#)
+        ));
+        assert!(same_template(Some("3"), Some(" 3")));
     }
 
     #[test]

@@ -48,3 +48,71 @@ pub fn review(
     }
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
 }
+
+/// Admit `object` as `/mutate` does (an AdmissionReview body, parsed into
+/// the view of what the policies read) and compare the outcome with
+/// `whole`, the pipeline's outcome on the whole object. The view must give
+/// the same patch, changes, warnings and policies; `Err` says what differs.
+pub fn view_matches_whole(
+    pipeline: &calmplane::pipeline::Pipeline,
+    kind: calmplane::policy::Kind,
+    operation: &str,
+    namespace: Option<&str>,
+    object: &Value,
+    old: Option<&Value>,
+    whole: &calmplane::pipeline::Outcome,
+) -> Result<(), String> {
+    use calmplane::policy::Kind;
+    if !matches!(operation, "CREATE" | "UPDATE") {
+        return Ok(()); // `/mutate` runs no policy on other operations
+    }
+    let mut body = review(
+        "view-vs-whole",
+        operation,
+        namespace.unwrap_or(""),
+        object,
+        old,
+    );
+    let (group, version) = match kind {
+        Kind::Pod => ("", "v1"),
+        Kind::Deployment => ("apps", "v1"),
+    };
+    body["request"]["kind"] = json!({"group": group, "version": version, "kind": kind.as_str()});
+    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let request = calmplane::review::parse(&bytes).map_err(|e| format!("view parse: {e}"))?;
+    let view = calmplane::review::admit(pipeline, request).outcome;
+    let differs = |what: &str, a: String, b: String| {
+        Err(format!(
+            "view and whole object differ in {what}:\n view:  {a}\n whole: {b}"
+        ))
+    };
+    if view.patch != whole.patch {
+        return differs(
+            "the patch",
+            serde_json::to_string(&view.patch).unwrap_or_default(),
+            serde_json::to_string(&whole.patch).unwrap_or_default(),
+        );
+    }
+    if view.changes != whole.changes {
+        return differs(
+            "changes",
+            format!("{:?}", view.changes),
+            format!("{:?}", whole.changes),
+        );
+    }
+    if view.warnings != whole.warnings {
+        return differs(
+            "warnings",
+            format!("{:?}", view.warnings),
+            format!("{:?}", whole.warnings),
+        );
+    }
+    if view.policies != whole.policies {
+        return differs(
+            "policies",
+            format!("{:?}", view.policies),
+            format!("{:?}", whole.policies),
+        );
+    }
+    Ok(())
+}
