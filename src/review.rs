@@ -14,10 +14,12 @@ use crate::policy::Kind;
 use crate::view::{self, Extent, Shape, Templates};
 use kube::core::admission::Operation;
 use kube::core::GroupVersionKind;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::fmt;
 use std::io::Write as _;
 
 /// The only AdmissionReview version calmplane speaks, and the only one the
@@ -59,33 +61,215 @@ pub enum ReviewError {
     NoUid,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The envelope. `request` is read by [`RequestSeed`].
 struct ReviewIn<'a> {
-    #[serde(borrow, default)]
     api_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    request: Option<RequestWire<'a>>,
+    request: Option<RequestIn<'a>>,
 }
 
-/// The fields of `AdmissionRequest` calmplane reads, as sent; the rest is
-/// skipped. The objects stay text until the kind is known.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Reads an AdmissionReview in one pass over the body.
+struct ReviewSeed(Extent);
+
+impl<'de> DeserializeSeed<'de> for ReviewSeed {
+    type Value = ReviewIn<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<ReviewIn<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReviewSeed {
+    type Value = ReviewIn<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionReview")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReviewIn<'de>, A::Error> {
+        let mut review = ReviewIn {
+            api_version: None,
+            kind: None,
+            request: None,
+        };
+        while let Some(key) = map.next_key_seed(view::KeySeed)? {
+            match &*key {
+                "apiVersion" => review.api_version = map.next_value()?,
+                "kind" => review.kind = map.next_value()?,
+                "request" => review.request = map.next_value_seed(OptionalRequest(self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(review)
+    }
+}
+
+/// `request`, or `null`.
+struct OptionalRequest(Extent);
+
+impl<'de> DeserializeSeed<'de> for OptionalRequest {
+    type Value = Option<RequestIn<'de>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        RequestWire::deserialize_seed(d, self.0)?
+            .map(|wire| wire.finish(self.0).map_err(de::Error::custom))
+            .transpose()
+    }
+}
+
+/// An object as the envelope pass left it: built, when the request's `kind`
+/// came first (the apiserver always sends it first), or as text to build
+/// once the kind is known.
+enum ObjectIn<'a> {
+    Built(view::Parsed<'a>),
+    Text(&'a RawValue),
+}
+
+/// The fields of `AdmissionRequest` calmplane reads, as the envelope pass
+/// found them; the rest is skipped.
+#[derive(Default)]
 struct RequestWire<'a> {
-    uid: String,
-    kind: GroupVersionKind,
-    #[serde(default)]
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
     sub_resource: Option<String>,
-    #[serde(default)]
     namespace: Option<String>,
-    operation: String,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
+    operation: Option<String>,
+    object: Option<ObjectIn<'a>>,
+    old_object: Option<ObjectIn<'a>>,
+}
+
+impl<'a> RequestWire<'a> {
+    fn deserialize_seed<D: de::Deserializer<'a>>(
+        d: D,
+        extent: Extent,
+    ) -> Result<Option<RequestWire<'a>>, D::Error> {
+        struct Optional(Extent);
+        impl<'de> Visitor<'de> for Optional {
+            type Value = Option<RequestWire<'de>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an AdmissionRequest")
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_map(WireVisitor(self.0)).map(Some)
+            }
+        }
+        d.deserialize_option(Optional(extent))
+    }
+
+    /// Build what the envelope pass kept as text, and check what the
+    /// request must have.
+    fn finish(self, extent: Extent) -> Result<RequestIn<'a>, serde_json::Error> {
+        use de::Error as _;
+        let missing = serde_json::Error::missing_field;
+        let kind = self.kind.ok_or_else(|| missing("kind"))?;
+        let shape = shape(extent, &kind);
+        let build = |object: Option<ObjectIn<'a>>| match object {
+            Some(ObjectIn::Text(text)) => view::parse(text.get(), shape).map(Some),
+            Some(ObjectIn::Built(parsed)) => Ok(Some(parsed)),
+            None => Ok(None),
+        };
+        let object = build(self.object)?;
+        let old_object = build(self.old_object)?;
+        // Only a Deployment UPDATE is compared with what it replaces, and
+        // only a view needs the text: a whole object has its templates.
+        let templates = match (&object, &old_object) {
+            (Some(new), Some(old)) if shape.has_text() => Some(Templates {
+                object: new.text,
+                old_object: old.text,
+            }),
+            _ => None,
+        };
+        Ok(RequestIn {
+            uid: self.uid.ok_or_else(|| missing("uid"))?,
+            kind,
+            sub_resource: self.sub_resource,
+            namespace: self.namespace,
+            operation: self.operation.ok_or_else(|| missing("operation"))?,
+            object: object.map(|p| p.value),
+            old_object: old_object.map(|p| p.value),
+            templates,
+        })
+    }
+}
+
+struct WireVisitor(Extent);
+
+impl<'de> Visitor<'de> for WireVisitor {
+    type Value = RequestWire<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionRequest")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RequestWire<'de>, A::Error> {
+        let mut wire = RequestWire::default();
+        while let Some(key) = map.next_key_seed(view::KeySeed)? {
+            match &*key {
+                "uid" => wire.uid = Some(map.next_value()?),
+                "kind" => wire.kind = Some(map.next_value()?),
+                "subResource" => wire.sub_resource = map.next_value()?,
+                "namespace" => wire.namespace = map.next_value()?,
+                "operation" => wire.operation = Some(map.next_value()?),
+                "object" => wire.object = map.next_value_seed(ObjectSeed(self.0, &wire.kind))?,
+                "oldObject" => {
+                    wire.old_object = map.next_value_seed(ObjectSeed(self.0, &wire.kind))?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(wire)
+    }
+}
+
+/// An object or `null`, built at once when the request's kind is known.
+struct ObjectSeed<'k>(Extent, &'k Option<GroupVersionKind>);
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = Option<ObjectIn<'de>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let Some(kind) = self.1 else {
+            return Ok(Option::<&RawValue>::deserialize(d)?.map(ObjectIn::Text));
+        };
+        struct Built<'s>(&'s Shape);
+        impl<'de> Visitor<'de> for Built<'_> {
+            type Value = Option<ObjectIn<'de>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                view::Seed(self.0)
+                    .deserialize(d)
+                    .map(|p| Some(ObjectIn::Built(p)))
+            }
+        }
+        d.deserialize_option(Built(shape(self.0, kind)))
+    }
+}
+
+/// What to build of an object of `kind`.
+fn shape(extent: Extent, kind: &GroupVersionKind) -> &'static Shape {
+    match (extent, Kind::of(kind)) {
+        (Extent::Whole, _) => &Shape::All,
+        (Extent::Read, Some(kind)) => kind.shape(),
+        (Extent::Read, None) => &METADATA_ONLY,
+    }
 }
 
 /// An admission request, ready for the pipeline.
@@ -204,7 +388,11 @@ pub fn parse_with(body: &[u8], extent: Extent) -> Result<RequestIn<'_>, ReviewEr
             });
         }
     }
-    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let review = ReviewSeed(extent)
+        .deserialize(&mut de)
+        .and_then(|review| de.end().map(|()| review));
+    let review = review.map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ReviewError::NotJson(e)
         } else if serde_json::from_slice::<Value>(body).is_ok_and(|v| is_bare_request(&v)) {
@@ -213,11 +401,10 @@ pub fn parse_with(body: &[u8], extent: Extent) -> Result<RequestIn<'_>, ReviewEr
             ReviewError::Invalid(e)
         }
     })?;
-    let request = check(review)?;
-    build(request, extent).map_err(ReviewError::Invalid)
+    check(review)
 }
 
-fn check(review: ReviewIn<'_>) -> Result<RequestWire<'_>, ReviewError> {
+fn check(review: ReviewIn<'_>) -> Result<RequestIn<'_>, ReviewError> {
     match review.api_version.as_deref() {
         Some(API_VERSION) => {}
         other => {
@@ -247,39 +434,6 @@ const METADATA_ONLY: Shape = Shape::Members(&[(
         ("namespace", Shape::All),
     ]),
 )]);
-
-/// Build the objects of a checked request: the view its kind's policies
-/// read, or all of it.
-fn build(wire: RequestWire<'_>, extent: Extent) -> Result<RequestIn<'_>, serde_json::Error> {
-    let kind = Kind::from_gvk(&wire.kind.group, &wire.kind.version, &wire.kind.kind);
-    let shape = match (extent, kind) {
-        (Extent::Whole, _) => &Shape::All,
-        (Extent::Read, Some(kind)) => kind.shape(),
-        (Extent::Read, None) => &METADATA_ONLY,
-    };
-    let object = wire
-        .object
-        .map(|text| view::parse(text.get(), shape))
-        .transpose()?;
-    // Only a Deployment UPDATE is compared with what it replaces.
-    let (old_object, templates) = match (kind, wire.object, wire.old_object) {
-        (Some(Kind::Deployment), Some(new), Some(old)) => (
-            Some(view::parse(old.get(), shape)?),
-            Some(Templates::find(new, old)),
-        ),
-        _ => (None, None),
-    };
-    Ok(RequestIn {
-        uid: wire.uid,
-        kind: wire.kind,
-        sub_resource: wire.sub_resource,
-        namespace: wire.namespace,
-        operation: wire.operation,
-        object,
-        old_object,
-        templates,
-    })
-}
 
 /// An AdmissionRequest sent without its AdmissionReview envelope (test
 /// fixtures often are). Only consulted on the error path.
@@ -319,7 +473,7 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn<'_>) -> Admission {
         old_object,
         templates,
     } = request;
-    let kind = Kind::from_gvk(&gvk.group, &gvk.version, &gvk.kind);
+    let kind = Kind::of(&gvk);
     let operation_label = operation_label(&operation);
     let operation = parse_operation(&operation);
     let mutable = matches!(operation, Some(Operation::Create | Operation::Update))
@@ -406,4 +560,114 @@ fn write_response(out: &mut Vec<u8>, uid: &str, outcome: &Outcome) -> std::io::R
         serde_json::to_writer(&mut *out, &outcome.warnings)?;
     }
     out.write_all(b"}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Pipeline;
+    use serde_json::json;
+
+    fn deployment(image: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "annotations": {"a": "1"}, "managedFields": [{"manager": "kubectl"}]},
+               "spec": {"replicas": 2, "strategy": {"type": "RollingUpdate"},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "c", "image": image}]}}},
+               "status": {"replicas": 2}})
+    }
+
+    /// The same UPDATE with `kind` before the objects (as the apiserver
+    /// sends it: one pass) and after them (built in a second pass).
+    fn bodies() -> (Vec<u8>, Vec<u8>) {
+        let gvk = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        let (new, old) = (deployment("web:2"), deployment("web:1"));
+        let first = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{gvk},"operation":"UPDATE","namespace":"ns","object":{new},"oldObject":{old}}}}}"#
+        );
+        let last = format!(
+            r#"{{"kind":"AdmissionReview","request":{{"oldObject":{old},"object":{new},"operation":"UPDATE","uid":"u","namespace":"ns","kind":{gvk}}},"apiVersion":"admission.k8s.io/v1"}}"#
+        );
+        (first.into_bytes(), last.into_bytes())
+    }
+
+    #[test]
+    fn field_order_does_not_change_the_view() {
+        let (first, last) = bodies();
+        let (a, b) = (parse(&first).unwrap(), parse(&last).unwrap());
+        assert_eq!(a.object, b.object);
+        assert_eq!(a.old_object, b.old_object);
+        fn text<'a>(t: Option<Templates<'a>>) -> (Option<&'a str>, Option<&'a str>) {
+            let t = t.expect("a Deployment UPDATE has templates");
+            (t.object.map(RawValue::get), t.old_object.map(RawValue::get))
+        }
+        assert_eq!(text(a.templates), text(b.templates));
+        assert!(text(a.templates).0.unwrap().contains("web:2"));
+        // The view holds what the policies read and nothing else.
+        assert_eq!(
+            a.object.unwrap(),
+            json!({"metadata": {"name": "web", "annotations": {"a": "1"}},
+                   "spec": {"strategy": {"type": "RollingUpdate"}, "template": {"metadata": {}}}})
+        );
+        let pipeline = Pipeline::with_defaults();
+        let one = admit(&pipeline, parse(&first).unwrap()).outcome;
+        let two = admit(&pipeline, parse(&last).unwrap()).outcome;
+        assert_eq!(one.policies, ["rollout-history", "rollout"]);
+        assert_eq!(one.changes.len(), two.changes.len());
+    }
+
+    #[test]
+    fn the_whole_extent_builds_everything_and_needs_no_text() {
+        let (first, _) = bodies();
+        let whole = parse_with(&first, Extent::Whole).unwrap();
+        assert_eq!(whole.object.unwrap(), deployment("web:2"));
+        assert!(whole.templates.is_none());
+    }
+
+    #[test]
+    fn missing_and_duplicate_fields() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE"}}"#;
+        let err = parse(body).unwrap_err().to_string();
+        assert!(err.contains("missing field `uid`"), "{err}");
+        let body =
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#;
+        assert!(matches!(parse(body), Err(ReviewError::NoRequest)));
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{"metadata":{"name":1e999}}}}"#;
+        let err = parse(body).unwrap_err();
+        assert!(matches!(err, ReviewError::NotJson(_)), "{err}");
+        assert!(err.to_string().contains("number out of range"), "{err}");
+    }
+
+    #[test]
+    fn the_response_is_one_json_document_with_a_base64_patch() {
+        use base64::Engine as _;
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a\"b\\c\u00e9","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"ns","object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c"}]}}}}"#;
+        let admission = admit(&Pipeline::with_defaults(), parse(body).unwrap());
+        let response: Value = serde_json::from_str(&admission.response_body()).unwrap();
+        let r = &response["response"];
+        assert_eq!(r["uid"], "a\"b\\c\u{e9}");
+        assert_eq!(r["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: Vec<json_patch::PatchOperation> = serde_json::from_slice(&patch).unwrap();
+        assert_eq!(patch, admission.outcome.patch);
+        assert_eq!(r["auditAnnotations"]["policies"], "dns,prestop");
+        let warnings = r
+            .get("warnings")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        assert_eq!(warnings, admission.outcome.warnings.len());
+    }
+
+    #[test]
+    fn policy_names_need_no_escaping() {
+        // The response writes them into a JSON string as they are.
+        for name in crate::policy::NAMES {
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{name}"
+            );
+        }
+    }
 }

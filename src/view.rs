@@ -16,9 +16,10 @@
 //! ```text
 //! POD         metadata { name, generateName, namespace, annotations* }
 //!             spec { os*, nodeSelector*, dnsConfig*, terminationGracePeriodSeconds*,
-//!                    containers[] / initContainers[] { name*, env*, args*, lifecycle* } }
+//!                    containers[] / initContainers[] {
+//!                      name*, env[] { name*, value* }, args*, lifecycle { preStop* } } }
 //! DEPLOYMENT  metadata { name, generateName, namespace, annotations* }
-//!             spec { strategy*, template { metadata { annotations* } } }
+//!             spec { strategy*, template (as text) { metadata { annotations* } } }
 //!                                   (* = the whole subtree)
 //! ```
 //!
@@ -57,9 +58,24 @@ pub enum Shape {
     Members(&'static [(&'static str, Shape)]),
     /// Every element of an array, each with this shape.
     Each(&'static Shape),
+    /// The whole subtree's JSON text, kept beside the view ([`Parsed::text`]),
+    /// and this shape of it in the view. At most one per shape, and not
+    /// inside [`Shape::Each`].
+    Text(&'static Shape),
 }
 
-use Shape::{All, Each, Members};
+use Shape::{All, Each, Members, Text};
+
+impl Shape {
+    /// Whether a [`Shape::Text`] is in this shape.
+    pub fn has_text(&self) -> bool {
+        match self {
+            All | Each(_) => false,
+            Text(_) => true,
+            Members(members) => members.iter().any(|(_, shape)| shape.has_text()),
+        }
+    }
+}
 
 /// `metadata` as every policy and the request log read it.
 const METADATA: Shape = Members(&[
@@ -69,13 +85,17 @@ const METADATA: Shape = Members(&[
     ("annotations", All),
 ]);
 
-/// A container: `lease` reads `env` and `args`, `prestop` reads `lifecycle`
-/// and `name`.
+/// An environment variable: `lease` reads plain values only, never
+/// `valueFrom`.
+const ENV_VAR: Shape = Members(&[("name", All), ("value", All)]);
+
+/// A container: `lease` reads `env` and `args`, `prestop` reads `name` and
+/// whether `lifecycle.preStop` is set.
 const CONTAINER: Shape = Members(&[
     ("name", All),
-    ("env", All),
+    ("env", Each(&ENV_VAR)),
     ("args", All),
-    ("lifecycle", All),
+    ("lifecycle", Members(&[("preStop", All)])),
 ]);
 
 /// What the Pod policies (`lease`, `dns`, `prestop`) and the pipeline read.
@@ -94,23 +114,25 @@ pub const POD: Shape = Members(&[
     ),
 ]);
 
-/// What the Deployment policies (`rollout`, `rollout-history`) read; the
-/// template itself is compared as text ([`Templates`]).
+/// What `rollout-history` writes in the pod template. It compares the rest
+/// as text, so the template is kept as text too.
+const TEMPLATE: Shape = Members(&[("metadata", Members(&[("annotations", All)]))]);
+
+/// What the Deployment policies (`rollout`, `rollout-history`) read.
 pub const DEPLOYMENT: Shape = Members(&[
     ("metadata", METADATA),
     (
         "spec",
-        Members(&[
-            ("strategy", All),
-            (
-                "template",
-                Members(&[("metadata", Members(&[("annotations", All)]))]),
-            ),
-        ]),
+        Members(&[("strategy", All), ("template", Text(&TEMPLATE))]),
     ),
 ]);
 
 impl Kind {
+    /// The kind of a request's group/version/kind.
+    pub fn of(gvk: &kube::core::GroupVersionKind) -> Option<Kind> {
+        Kind::from_gvk(&gvk.group, &gvk.version, &gvk.kind)
+    }
+
     /// The members of an object of this kind that the policies read.
     pub fn shape(self) -> &'static Shape {
         match self {
@@ -131,15 +153,45 @@ pub enum Extent {
     Whole,
 }
 
-/// Build the members of `text` that `shape` names.
-pub fn parse(text: &str, shape: &Shape) -> Result<Value, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = ShapeSeed(shape).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
+/// A view, and the text its shape keeps.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// The members the shape names, built.
+    pub value: Value,
+    /// The text of the member the shape marks [`Shape::Text`], when the
+    /// object has it and it is not `null`.
+    pub text: Option<&'a RawValue>,
 }
 
-/// The pod templates of an UPDATE, as the apiserver sent them.
+/// Build the members of `text` that `shape` names.
+pub fn parse<'a>(text: &'a str, shape: &Shape) -> Result<Parsed<'a>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Seed(shape).deserialize(&mut de)?;
+    de.end()?;
+    Ok(parsed)
+}
+
+/// [`parse`] as a `DeserializeSeed`, to build a view in the same pass that
+/// reads what surrounds it (the AdmissionReview envelope). Only for
+/// serde_json's deserializers: [`Shape::Text`] borrows a `RawValue`.
+pub struct Seed<'s>(pub &'s Shape);
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Parsed<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Parsed<'de>, D::Error> {
+        let mut text = None;
+        let value = ShapeSeed {
+            shape: self.0,
+            text: &mut text,
+        }
+        .deserialize(d)?;
+        Ok(Parsed { value, text })
+    }
+}
+
+/// The pod templates of an UPDATE, as the apiserver sent them. `None` is
+/// no template: absent, `null`, or an object that is not a Deployment.
 #[derive(Debug, Clone, Copy)]
 pub struct Templates<'a> {
     /// `spec.template` of the object being admitted.
@@ -148,69 +200,40 @@ pub struct Templates<'a> {
     pub old_object: Option<&'a RawValue>,
 }
 
-impl<'a> Templates<'a> {
-    /// Find `spec.template` in both texts. A text that is not a Deployment
-    /// object has none, and a `null` template is no template, as the
-    /// apiserver reads it.
-    pub fn find(object: &'a RawValue, old_object: &'a RawValue) -> Templates<'a> {
-        Templates {
-            object: template_text(object),
-            old_object: template_text(old_object),
-        }
-    }
+struct ShapeSeed<'s, 'c, 'de> {
+    shape: &'s Shape,
+    /// Where a [`Shape::Text`] below leaves its text.
+    text: &'c mut Option<&'de RawValue>,
 }
 
-fn template_text(object: &RawValue) -> Option<&RawValue> {
-    member(member(object, "spec")?, "template")
-}
-
-/// The member `name` of the JSON object `text`, as text; `None` when `text`
-/// is not an object, has no such member or has it `null`. Of duplicate
-/// members the last counts, as in a `Value`.
-fn member<'a>(text: &'a RawValue, name: &str) -> Option<&'a RawValue> {
-    struct Member<'n>(&'n str);
-    impl<'de, 'n> Visitor<'de> for Member<'n> {
-        type Value = Option<&'de RawValue>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(key) = map.next_key_seed(KeySeed)? {
-                if key == self.0 {
-                    found = Some(map.next_value::<&'de RawValue>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(found)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(text.get());
-    let found = de::Deserializer::deserialize_map(&mut de, Member(name)).ok()??;
-    (found.get() != "null").then_some(found)
-}
-
-struct ShapeSeed<'s>(&'s Shape);
-
-impl<'de> DeserializeSeed<'de> for ShapeSeed<'_> {
+impl<'de> DeserializeSeed<'de> for ShapeSeed<'_, '_, 'de> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        match self.0 {
+        match self.shape {
             All => Value::deserialize(d),
-            shape => d.deserialize_any(ShapeVisitor(shape)),
+            Text(inner) => {
+                let raw = <&'de RawValue>::deserialize(d)?;
+                let value = parse(raw.get(), inner).map_err(de::Error::custom)?.value;
+                *self.text = (raw.get() != "null").then_some(raw);
+                Ok(value)
+            }
+            shape => d.deserialize_any(ShapeVisitor {
+                shape,
+                text: self.text,
+            }),
         }
     }
 }
 
 /// Builds the value the shape names. Scalars and containers of another type
 /// than the shape expects are built whole, as `Value` would build them.
-struct ShapeVisitor<'s>(&'s Shape);
+struct ShapeVisitor<'s, 'c, 'de> {
+    shape: &'s Shape,
+    text: &'c mut Option<&'de RawValue>,
+}
 
-impl<'de> Visitor<'de> for ShapeVisitor<'_> {
+impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -250,23 +273,31 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        ShapeSeed(self.0).deserialize(d)
+        ShapeSeed {
+            shape: self.shape,
+            text: self.text,
+        }
+        .deserialize(d)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let element = match self.0 {
+        let element = match self.shape {
             Each(element) => *element,
             _ => &All,
         };
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element_seed(ShapeSeed(element))? {
+        let mut unused = None; // no Text inside Each
+        while let Some(item) = seq.next_element_seed(ShapeSeed {
+            shape: element,
+            text: &mut unused,
+        })? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let members = match self.0 {
+        let members = match self.shape {
             Members(members) => *members,
             _ => {
                 // Not the object the shape expects: build it whole.
@@ -278,11 +309,20 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_> {
             }
         };
         let mut kept = Map::new();
+        // The text comes from the last occurrence of the one member that can
+        // hold it, just as `insert` keeps the last of duplicate keys.
+        let mut text = None;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             match members.iter().find(|(name, _)| *name == key) {
                 Some((_, shape)) => {
-                    let value = map.next_value_seed(ShapeSeed(shape))?;
-                    // `insert` keeps the last of duplicate keys, as `Value` does.
+                    let mut local = None;
+                    let value = map.next_value_seed(ShapeSeed {
+                        shape,
+                        text: &mut local,
+                    })?;
+                    if shape.has_text() {
+                        text = Some(local);
+                    }
                     kept.insert(key.into_owned(), value);
                 }
                 None => {
@@ -290,13 +330,16 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_> {
                 }
             }
         }
+        if let Some(text) = text {
+            *self.text = text;
+        }
         Ok(Value::Object(kept))
     }
 }
 
 /// A member name, borrowed from the text unless it has escapes: most names
 /// are skipped, and need no allocation.
-struct KeySeed;
+pub(crate) struct KeySeed;
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Cow<'de, str>;
@@ -334,14 +377,16 @@ mod tests {
     #[test]
     fn keeps_only_the_named_members() {
         let text = r#"{"metadata": {"name": "p", "uid": "u", "annotations": {"a/b": "1"}},
-            "spec": {"containers": [{"name": "c", "image": "i", "env": [{"name": "E", "valueFrom": {}}]}, 3],
+            "spec": {"containers": [{"name": "c", "image": "i", "env": [{"name": "E", "valueFrom": {}}],
+                                     "lifecycle": {"postStart": {}, "preStop": {"sleep": {"seconds": 1}}}}, 3],
                      "volumes": [{"name": "v"}], "dnsConfig": {"options": []}},
             "status": {"phase": "Pending"}}"#;
-        let view = parse(text, &POD).unwrap();
+        let view = parse(text, &POD).unwrap().value;
         assert_eq!(
             view,
             json!({"metadata": {"name": "p", "annotations": {"a/b": "1"}},
-                   "spec": {"containers": [{"name": "c", "env": [{"name": "E", "valueFrom": {}}]}, 3],
+                   "spec": {"containers": [{"name": "c", "env": [{"name": "E"}],
+                                            "lifecycle": {"preStop": {"sleep": {"seconds": 1}}}}, 3],
                             "dnsConfig": {"options": []}}})
         );
     }
@@ -349,19 +394,19 @@ mod tests {
     #[test]
     fn unexpected_types_are_kept_whole() {
         let text = r#"{"metadata": ["x", {"name": 1}], "spec": {"containers": {"0": {"image": "i"}}}, "kind": 1.5}"#;
-        let view = parse(text, &POD).unwrap();
+        let view = parse(text, &POD).unwrap().value;
         assert_eq!(
             view,
             json!({"metadata": ["x", {"name": 1}], "spec": {"containers": {"0": {"image": "i"}}}})
         );
-        assert_eq!(parse("null", &POD).unwrap(), Value::Null);
-        assert_eq!(parse(r#""s""#, &DEPLOYMENT).unwrap(), json!("s"));
+        assert_eq!(parse("null", &POD).unwrap().value, Value::Null);
+        assert_eq!(parse(r#""s""#, &DEPLOYMENT).unwrap().value, json!("s"));
     }
 
     #[test]
     fn escaped_names_and_duplicates_read_as_value_reads_them() {
         let text = r#"{"meta\u0064ata": {"name": "a", "name": "b"}, "spec": {}}"#;
-        let view = parse(text, &POD).unwrap();
+        let view = parse(text, &POD).unwrap().value;
         let whole: Value = serde_json::from_str(text).unwrap();
         assert_eq!(view, whole);
     }
@@ -373,23 +418,29 @@ mod tests {
     }
 
     #[test]
-    fn finds_both_templates() {
-        let new = RawValue::from_string(r#"{"spec": {"template": {"a": 1}}}"#.into()).unwrap();
-        let old = RawValue::from_string(r#"{"spec": 3}"#.into()).unwrap();
-        let t = Templates::find(&new, &old);
-        assert_eq!(t.object.map(RawValue::get), Some(r#"{"a": 1}"#));
-        assert!(t.old_object.is_none());
-        // Neither a list (which serde's derived structs would accept) nor
-        // a null is a template; the last of duplicates counts.
+    fn keeps_the_template_text_beside_its_view() {
+        let text = r#"{"spec": {"replicas": 1, "template": {"metadata": {"annotations": {"a": "1"}, "labels": {}}, "spec": {}}}}"#;
+        let parsed = parse(text, &DEPLOYMENT).unwrap();
+        assert_eq!(
+            parsed.value,
+            json!({"spec": {"template": {"metadata": {"annotations": {"a": "1"}}}}})
+        );
+        assert_eq!(
+            parsed.text.map(RawValue::get),
+            Some(r#"{"metadata": {"annotations": {"a": "1"}, "labels": {}}, "spec": {}}"#)
+        );
+        // A null or missing template has no text; a list is not a spec; of
+        // duplicates the last counts, as in the view itself.
         for (text, found) in [
-            (r#"{"spec": [{"template": 1}]}"#, None),
-            (r#"[{"template": 1}]"#, None),
             (r#"{"spec": {"template": null}}"#, None),
+            (r#"{"spec": {}}"#, None),
+            (r#"{"spec": [{"template": 1}]}"#, None),
             (r#"{"spec": {"template": 1, "template": 2}}"#, Some("2")),
+            (r#"{"spec": {"template": 1}, "spec": {}}"#, None),
             (r#"{"sp\u0065c": {"template": 3}}"#, Some("3")),
         ] {
-            let raw = RawValue::from_string(text.into()).unwrap();
-            assert_eq!(template_text(&raw).map(RawValue::get), found, "{text}");
+            let parsed = parse(text, &DEPLOYMENT).unwrap();
+            assert_eq!(parsed.text.map(RawValue::get), found, "{text}");
         }
     }
 }
