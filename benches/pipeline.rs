@@ -74,18 +74,23 @@ fn stages(c: &mut Criterion, fixtures: &[fixtures::Fixture], pipeline: &Pipeline
     let mut group = c.benchmark_group("stage");
     for f in fixtures {
         group.bench_with_input(BenchmarkId::new("parse", f.name), &f.body, |b, body| {
-            b.iter(|| review::parse(black_box(body)).expect("parses"))
+            b.iter(|| review::parse(black_box(body), pipeline.reads()).expect("parses"))
         });
         group.bench_with_input(BenchmarkId::new("policies", f.name), &f.body, |b, body| {
             // Parsing is setup here; dropping the outcome happens outside the timing.
             b.iter_batched(
-                || review::parse(body).expect("parses"),
+                || review::parse(body, pipeline.reads()).expect("parses"),
                 |request| run_policies(pipeline, request),
                 criterion::BatchSize::SmallInput,
             )
         });
-        let outcome = run_policies(pipeline, review::parse(&f.body).expect("parses"));
-        let uid = review::parse(&f.body).expect("parses").uid;
+        let outcome = run_policies(
+            pipeline,
+            review::parse(&f.body, pipeline.reads()).expect("parses"),
+        );
+        let uid = review::parse(&f.body, pipeline.reads())
+            .expect("parses")
+            .uid;
         group.bench_with_input(BenchmarkId::new("patch", f.name), &outcome, |b, o| {
             b.iter(|| serde_json::to_vec(black_box(&o.patch)).expect("serialises"))
         });

@@ -48,6 +48,8 @@ impl Clock for FixedClock {
 /// The enabled policies, built once per policy file and shared by every request.
 pub struct Pipeline {
     policies: Vec<Box<dyn Policy>>,
+    /// What these policies read, for the view `/mutate` builds.
+    reads: crate::view::Reads,
     /// Names of the policies in `enforcement: report`: run, never patched.
     report_only: Vec<&'static str>,
     clock: Arc<dyn Clock>,
@@ -131,18 +133,27 @@ impl Pipeline {
             .collect();
         Pipeline {
             policies,
+            reads: crate::view::Reads::new(config),
             report_only,
             clock,
         }
     }
 
-    /// A pipeline of exactly these policies (tests inject their own).
+    /// A pipeline of exactly these policies (tests inject their own). What
+    /// they read is unknown, so a view of an object keeps every annotation
+    /// and variable.
     pub fn from_policies(policies: Vec<Box<dyn Policy>>, clock: Arc<dyn Clock>) -> Self {
         Pipeline {
             policies,
+            reads: crate::view::Reads::everything(),
             report_only: Vec::new(),
             clock,
         }
+    }
+
+    /// What the policies read, for [`review::parse`](crate::review::parse).
+    pub fn reads(&self) -> &crate::view::Reads {
+        &self.reads
     }
 
     /// The unix time the pipeline's clock reads now.

@@ -11,7 +11,7 @@
 
 use crate::pipeline::{Outcome, Pipeline, Request};
 use crate::policy::Kind;
-use crate::view::{self, Extent, Shape, Templates};
+use crate::view::{self, Extent, Reads, Shape, Templates};
 use kube::core::admission::Operation;
 use kube::core::GroupVersionKind;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -69,9 +69,9 @@ struct ReviewIn<'a> {
 }
 
 /// Reads an AdmissionReview in one pass over the body.
-struct ReviewSeed(Extent);
+struct ReviewSeed<'r>(Extent<'r>);
 
-impl<'de> DeserializeSeed<'de> for ReviewSeed {
+impl<'de> DeserializeSeed<'de> for ReviewSeed<'_> {
     type Value = ReviewIn<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<ReviewIn<'de>, D::Error> {
@@ -79,7 +79,7 @@ impl<'de> DeserializeSeed<'de> for ReviewSeed {
     }
 }
 
-impl<'de> Visitor<'de> for ReviewSeed {
+impl<'de> Visitor<'de> for ReviewSeed<'_> {
     type Value = ReviewIn<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,9 +107,9 @@ impl<'de> Visitor<'de> for ReviewSeed {
 }
 
 /// `request`, or `null`.
-struct OptionalRequest(Extent);
+struct OptionalRequest<'r>(Extent<'r>);
 
-impl<'de> DeserializeSeed<'de> for OptionalRequest {
+impl<'de> DeserializeSeed<'de> for OptionalRequest<'_> {
     type Value = Option<RequestIn<'de>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -143,10 +143,10 @@ struct RequestWire<'a> {
 impl<'a> RequestWire<'a> {
     fn deserialize_seed<D: de::Deserializer<'a>>(
         d: D,
-        extent: Extent,
+        extent: Extent<'_>,
     ) -> Result<Option<RequestWire<'a>>, D::Error> {
-        struct Optional(Extent);
-        impl<'de> Visitor<'de> for Optional {
+        struct Optional<'r>(Extent<'r>);
+        impl<'de> Visitor<'de> for Optional<'_> {
             type Value = Option<RequestWire<'de>>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an AdmissionRequest")
@@ -166,13 +166,13 @@ impl<'a> RequestWire<'a> {
 
     /// Build what the envelope pass kept as text, and check what the
     /// request must have.
-    fn finish(self, extent: Extent) -> Result<RequestIn<'a>, serde_json::Error> {
+    fn finish(self, extent: Extent<'_>) -> Result<RequestIn<'a>, serde_json::Error> {
         use de::Error as _;
         let missing = serde_json::Error::missing_field;
         let kind = self.kind.ok_or_else(|| missing("kind"))?;
-        let shape = shape(extent, &kind);
+        let (shape, reads) = shape(extent, &kind);
         let build = |object: Option<ObjectIn<'a>>| match object {
-            Some(ObjectIn::Text(text)) => view::parse(text.get(), shape).map(Some),
+            Some(ObjectIn::Text(text)) => view::parse(text.get(), shape, reads).map(Some),
             Some(ObjectIn::Built(parsed)) => Ok(Some(parsed)),
             None => Ok(None),
         };
@@ -200,9 +200,9 @@ impl<'a> RequestWire<'a> {
     }
 }
 
-struct WireVisitor(Extent);
+struct WireVisitor<'r>(Extent<'r>);
 
-impl<'de> Visitor<'de> for WireVisitor {
+impl<'de> Visitor<'de> for WireVisitor<'_> {
     type Value = RequestWire<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -232,16 +232,16 @@ impl<'de> Visitor<'de> for WireVisitor {
 }
 
 /// An object or `null`, built at once when the request's kind is known.
-struct ObjectSeed<'k>(Extent, &'k Option<GroupVersionKind>);
+struct ObjectSeed<'r, 'k>(Extent<'r>, &'k Option<GroupVersionKind>);
 
-impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_> {
     type Value = Option<ObjectIn<'de>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let Some(kind) = self.1 else {
             return Ok(Option::<&RawValue>::deserialize(d)?.map(ObjectIn::Text));
         };
-        struct Built<'s>(&'s Shape);
+        struct Built<'s>(&'s Shape, &'s Reads);
         impl<'de> Visitor<'de> for Built<'_> {
             type Value = Option<ObjectIn<'de>>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -254,21 +254,22 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
                 Ok(None)
             }
             fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                view::Seed(self.0)
+                view::Seed(self.0, self.1)
                     .deserialize(d)
                     .map(|p| Some(ObjectIn::Built(p)))
             }
         }
-        d.deserialize_option(Built(shape(self.0, kind)))
+        let (shape, reads) = shape(self.0, kind);
+        d.deserialize_option(Built(shape, reads))
     }
 }
 
-/// What to build of an object of `kind`.
-fn shape(extent: Extent, kind: &GroupVersionKind) -> &'static Shape {
+/// What to build of an object of `kind`, and what its policies read.
+fn shape<'r>(extent: Extent<'r>, kind: &GroupVersionKind) -> (&'static Shape, &'r Reads) {
     match (extent, Kind::of(kind)) {
-        (Extent::Whole, _) => &Shape::All,
-        (Extent::Read, Some(kind)) => kind.shape(),
-        (Extent::Read, None) => &METADATA_ONLY,
+        (Extent::Whole, _) => (&Shape::All, view::EVERYTHING),
+        (Extent::Read(reads), Some(kind)) => (kind.shape(), reads),
+        (Extent::Read(reads), None) => (&METADATA_ONLY, reads),
     }
 }
 
@@ -369,13 +370,14 @@ pub fn operation_label(op: &str) -> &'static str {
 }
 
 /// Parse an AdmissionReview v1 for `/mutate`: only what the policies read
-/// is built.
-pub fn parse(body: &[u8]) -> Result<RequestIn<'_>, ReviewError> {
-    parse_with(body, Extent::Read)
+/// is built (`reads`: what the pipeline's policy file makes them read, from
+/// [`Pipeline::reads`]).
+pub fn parse<'a>(body: &'a [u8], reads: &Reads) -> Result<RequestIn<'a>, ReviewError> {
+    parse_with(body, Extent::Read(reads))
 }
 
 /// Parse an AdmissionReview v1, building as much of its objects as `extent` says.
-pub fn parse_with(body: &[u8], extent: Extent) -> Result<RequestIn<'_>, ReviewError> {
+pub fn parse_with<'a>(body: &'a [u8], extent: Extent<'_>) -> Result<RequestIn<'a>, ReviewError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(ReviewError::Empty),
         Some(b'[') => return Err(ReviewError::NotAnObject("a JSON array")),
@@ -591,10 +593,18 @@ mod tests {
         (first.into_bytes(), last.into_bytes())
     }
 
+    fn reads() -> Reads {
+        Reads::new(&crate::config::Config::default())
+    }
+
     #[test]
     fn field_order_does_not_change_the_view() {
+        let pipeline = Pipeline::with_defaults();
         let (first, last) = bodies();
-        let (a, b) = (parse(&first).unwrap(), parse(&last).unwrap());
+        let (a, b) = (
+            parse(&first, pipeline.reads()).unwrap(),
+            parse(&last, pipeline.reads()).unwrap(),
+        );
         assert_eq!(a.object, b.object);
         assert_eq!(a.old_object, b.old_object);
         fn text<'a>(t: Option<Templates<'a>>) -> (Option<&'a str>, Option<&'a str>) {
@@ -606,12 +616,11 @@ mod tests {
         // The view holds what the policies read and nothing else.
         assert_eq!(
             a.object.unwrap(),
-            json!({"metadata": {"name": "web", "annotations": {"a": "1"}},
+            json!({"metadata": {"name": "web", "annotations": {}},
                    "spec": {"strategy": {"type": "RollingUpdate"}, "template": {"metadata": {}}}})
         );
-        let pipeline = Pipeline::with_defaults();
-        let one = admit(&pipeline, parse(&first).unwrap()).outcome;
-        let two = admit(&pipeline, parse(&last).unwrap()).outcome;
+        let one = admit(&pipeline, parse(&first, pipeline.reads()).unwrap()).outcome;
+        let two = admit(&pipeline, parse(&last, pipeline.reads()).unwrap()).outcome;
         assert_eq!(one.policies, ["rollout-history", "rollout"]);
         assert_eq!(one.changes.len(), two.changes.len());
     }
@@ -627,13 +636,13 @@ mod tests {
     #[test]
     fn missing_and_duplicate_fields() {
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE"}}"#;
-        let err = parse(body).unwrap_err().to_string();
+        let err = parse(body, &reads()).unwrap_err().to_string();
         assert!(err.contains("missing field `uid`"), "{err}");
         let body =
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#;
-        assert!(matches!(parse(body), Err(ReviewError::NoRequest)));
+        assert!(matches!(parse(body, &reads()), Err(ReviewError::NoRequest)));
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{"metadata":{"name":1e999}}}}"#;
-        let err = parse(body).unwrap_err();
+        let err = parse(body, &reads()).unwrap_err();
         assert!(matches!(err, ReviewError::NotJson(_)), "{err}");
         assert!(err.to_string().contains("number out of range"), "{err}");
     }
@@ -642,7 +651,7 @@ mod tests {
     fn the_response_is_one_json_document_with_a_base64_patch() {
         use base64::Engine as _;
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a\"b\\c\u00e9","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"ns","object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c"}]}}}}"#;
-        let admission = admit(&Pipeline::with_defaults(), parse(body).unwrap());
+        let admission = admit(&Pipeline::with_defaults(), parse(body, &reads()).unwrap());
         let response: Value = serde_json::from_str(&admission.response_body()).unwrap();
         let r = &response["response"];
         assert_eq!(r["uid"], "a\"b\\c\u{e9}");

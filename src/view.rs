@@ -14,13 +14,18 @@
 //! it needs nothing more.
 //!
 //! ```text
-//! POD         metadata { name, generateName, namespace, annotations* }
+//! POD         metadata { name, generateName, namespace, annotations{R} }
 //!             spec { os*, nodeSelector*, dnsConfig*, terminationGracePeriodSeconds*,
 //!                    containers[] / initContainers[] {
-//!                      name*, env[] { name*, value* }, args*, lifecycle { preStop* } } }
-//! DEPLOYMENT  metadata { name, generateName, namespace, annotations* }
-//!             spec { strategy*, template (as text) { metadata { annotations* } } }
-//!                                   (* = the whole subtree)
+//!                      name*, env[R] { name*, value* }, args*, lifecycle { preStop* } } }
+//! DEPLOYMENT  metadata { name, generateName, namespace, annotations{R} }
+//!             spec { strategy*, template (as text) { metadata { annotations{R} } } }
+//!
+//!   * the whole subtree
+//!   R only the annotation keys and environment variables the policy file
+//!     names ([`Reads`]): calmplane's own annotations, the lease selector
+//!     annotations and variables. A Pod's ten ordinary variables were half of
+//!     the time a typical Pod took; they now cost a skip.
 //! ```
 //!
 //! A value whose type is not the one the shape expects (`spec: "oops"`,
@@ -62,15 +67,21 @@ pub enum Shape {
     /// and this shape of it in the view. At most one per shape, and not
     /// inside [`Shape::Each`].
     Text(&'static Shape),
+    /// An object of annotations: only the keys in [`Reads`] are built.
+    Annotations,
+    /// A list of environment variables: only those whose `name` is in
+    /// [`Reads`] are built (their `name` and `value`); the others become
+    /// `null`, so that every variable keeps its index in the patch's paths.
+    EnvVars,
 }
 
-use Shape::{All, Each, Members, Text};
+use Shape::{All, Annotations, Each, EnvVars, Members, Text};
 
 impl Shape {
     /// Whether a [`Shape::Text`] is in this shape.
     pub fn has_text(&self) -> bool {
         match self {
-            All | Each(_) => false,
+            All | Each(_) | Annotations | EnvVars => false,
             Text(_) => true,
             Members(members) => members.iter().any(|(_, shape)| shape.has_text()),
         }
@@ -82,18 +93,14 @@ const METADATA: Shape = Members(&[
     ("name", All),
     ("generateName", All),
     ("namespace", All),
-    ("annotations", All),
+    ("annotations", Annotations),
 ]);
-
-/// An environment variable: `lease` reads plain values only, never
-/// `valueFrom`.
-const ENV_VAR: Shape = Members(&[("name", All), ("value", All)]);
 
 /// A container: `lease` reads `env` and `args`, `prestop` reads `name` and
 /// whether `lifecycle.preStop` is set.
 const CONTAINER: Shape = Members(&[
     ("name", All),
-    ("env", Each(&ENV_VAR)),
+    ("env", EnvVars),
     ("args", All),
     ("lifecycle", Members(&[("preStop", All)])),
 ]);
@@ -116,7 +123,7 @@ pub const POD: Shape = Members(&[
 
 /// What `rollout-history` writes in the pod template. It compares the rest
 /// as text, so the template is kept as text too.
-const TEMPLATE: Shape = Members(&[("metadata", Members(&[("annotations", All)]))]);
+const TEMPLATE: Shape = Members(&[("metadata", Members(&[("annotations", Annotations)]))]);
 
 /// What the Deployment policies (`rollout`, `rollout-history`) read.
 pub const DEPLOYMENT: Shape = Members(&[
@@ -143,15 +150,68 @@ impl Kind {
 }
 
 /// How much of an admitted object to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Extent {
+#[derive(Debug, Clone, Copy)]
+pub enum Extent<'r> {
     /// Only what the policies read: `/mutate` and `/report`, which answer
-    /// with a patch.
-    Read,
+    /// with a patch. The pipeline says what its policy file makes them read.
+    Read(&'r Reads),
     /// Everything: `/preview` and `calmplane preview`, which show the whole
     /// patched object.
     Whole,
 }
+
+/// What the configured policies read beyond what the shapes name: which
+/// annotation keys and which environment variables. Built with the
+/// [`Pipeline`](crate::pipeline::Pipeline) from the same policy file, so a
+/// reload changes both at once.
+#[derive(Debug, Clone)]
+pub struct Reads {
+    /// Annotation keys any policy reads.
+    annotations: Vec<String>,
+    /// Environment variable names `lease` rewrites.
+    env_names: Vec<String>,
+    /// Build every annotation and variable: for pipelines of policies that
+    /// are not built from a policy file, whose reads are unknown.
+    everything: bool,
+}
+
+impl Reads {
+    /// What the policies of `config` read.
+    pub fn new(config: &crate::config::Config) -> Reads {
+        let ours = [
+            crate::SKIP_ANNOTATION,
+            crate::LEASE_SCOPE_ANNOTATION,
+            crate::ROLLOUTS_ANNOTATION,
+        ];
+        let mut annotations: Vec<String> = ours.iter().map(|k| k.to_string()).collect();
+        annotations.extend(config.lease.annotations.iter().cloned());
+        Reads {
+            annotations,
+            env_names: config.lease.env_names.clone(),
+            everything: false,
+        }
+    }
+
+    /// Every annotation and every variable.
+    pub fn everything() -> Reads {
+        EVERYTHING.clone()
+    }
+
+    fn annotation(&self, key: &str) -> bool {
+        self.everything || self.annotations.iter().any(|k| k == key)
+    }
+
+    fn env_var(&self, name: &str) -> bool {
+        self.everything || self.env_names.iter().any(|n| n == name)
+    }
+}
+
+/// [`Reads::everything`], for [`Extent::Whole`].
+pub static EVERYTHING: &Reads = &Reads {
+    annotations: Vec::new(),
+    env_names: Vec::new(),
+    everything: true,
+};
 
 /// A view, and the text its shape keeps.
 #[derive(Debug)]
@@ -163,10 +223,14 @@ pub struct Parsed<'a> {
     pub text: Option<&'a RawValue>,
 }
 
-/// Build the members of `text` that `shape` names.
-pub fn parse<'a>(text: &'a str, shape: &Shape) -> Result<Parsed<'a>, serde_json::Error> {
+/// Build the members of `text` that `shape` and `reads` name.
+pub fn parse<'a>(
+    text: &'a str,
+    shape: &Shape,
+    reads: &Reads,
+) -> Result<Parsed<'a>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = Seed(shape).deserialize(&mut de)?;
+    let parsed = Seed(shape, reads).deserialize(&mut de)?;
     de.end()?;
     Ok(parsed)
 }
@@ -174,7 +238,7 @@ pub fn parse<'a>(text: &'a str, shape: &Shape) -> Result<Parsed<'a>, serde_json:
 /// [`parse`] as a `DeserializeSeed`, to build a view in the same pass that
 /// reads what surrounds it (the AdmissionReview envelope). Only for
 /// serde_json's deserializers: [`Shape::Text`] borrows a `RawValue`.
-pub struct Seed<'s>(pub &'s Shape);
+pub struct Seed<'s>(pub &'s Shape, pub &'s Reads);
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {
     type Value = Parsed<'de>;
@@ -183,6 +247,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_> {
         let mut text = None;
         let value = ShapeSeed {
             shape: self.0,
+            reads: self.1,
             text: &mut text,
         }
         .deserialize(d)?;
@@ -202,6 +267,7 @@ pub struct Templates<'a> {
 
 struct ShapeSeed<'s, 'c, 'de> {
     shape: &'s Shape,
+    reads: &'s Reads,
     /// Where a [`Shape::Text`] below leaves its text.
     text: &'c mut Option<&'de RawValue>,
 }
@@ -214,12 +280,15 @@ impl<'de> DeserializeSeed<'de> for ShapeSeed<'_, '_, 'de> {
             All => Value::deserialize(d),
             Text(inner) => {
                 let raw = <&'de RawValue>::deserialize(d)?;
-                let value = parse(raw.get(), inner).map_err(de::Error::custom)?.value;
+                let value = parse(raw.get(), inner, self.reads)
+                    .map_err(de::Error::custom)?
+                    .value;
                 *self.text = (raw.get() != "null").then_some(raw);
                 Ok(value)
             }
             shape => d.deserialize_any(ShapeVisitor {
                 shape,
+                reads: self.reads,
                 text: self.text,
             }),
         }
@@ -230,6 +299,7 @@ impl<'de> DeserializeSeed<'de> for ShapeSeed<'_, '_, 'de> {
 /// than the shape expects are built whole, as `Value` would build them.
 struct ShapeVisitor<'s, 'c, 'de> {
     shape: &'s Shape,
+    reads: &'s Reads,
     text: &'c mut Option<&'de RawValue>,
 }
 
@@ -275,20 +345,28 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         ShapeSeed {
             shape: self.shape,
+            reads: self.reads,
             text: self.text,
         }
         .deserialize(d)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        if let EnvVars = self.shape {
+            while let Some(item) = seq.next_element_seed(EnvVarSeed(self.reads))? {
+                items.push(item);
+            }
+            return Ok(Value::Array(items));
+        }
         let element = match self.shape {
             Each(element) => *element,
             _ => &All,
         };
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         let mut unused = None; // no Text inside Each
         while let Some(item) = seq.next_element_seed(ShapeSeed {
             shape: element,
+            reads: self.reads,
             text: &mut unused,
         })? {
             items.push(item);
@@ -299,6 +377,17 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let members = match self.shape {
             Members(members) => *members,
+            Annotations => {
+                let mut kept = Map::new();
+                while let Some(key) = map.next_key_seed(KeySeed)? {
+                    if self.reads.annotation(&key) {
+                        kept.insert(key.into_owned(), map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                return Ok(Value::Object(kept));
+            }
             _ => {
                 // Not the object the shape expects: build it whole.
                 let mut whole = Map::new();
@@ -318,6 +407,7 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
                     let mut local = None;
                     let value = map.next_value_seed(ShapeSeed {
                         shape,
+                        reads: self.reads,
                         text: &mut local,
                     })?;
                     if shape.has_text() {
@@ -335,6 +425,84 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
         }
         Ok(Value::Object(kept))
     }
+}
+
+/// One element of an [`Shape::EnvVars`] list: `{name, value}` when [`Reads`]
+/// names it, else `null`. Read as text first, so a variable nobody reads
+/// costs no allocation.
+struct EnvVarSeed<'s>(&'s Reads);
+
+impl<'de> DeserializeSeed<'de> for EnvVarSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvVarSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an environment variable")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let (mut name, mut value) = (None, None);
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match &*key {
+                "name" => name = Some(map.next_value::<&'de RawValue>()?),
+                "value" => value = Some(map.next_value::<&'de RawValue>()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let read = name.and_then(string).is_some_and(|n| self.0.env_var(&n));
+        if !read {
+            return Ok(Value::Null);
+        }
+        let mut kept = Map::new();
+        for (key, raw) in [("name", name), ("value", value)] {
+            if let Some(raw) = raw {
+                let v = serde_json::from_str(raw.get()).map_err(de::Error::custom)?;
+                kept.insert(key.to_string(), v);
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    // Anything else is no variable `lease` could read.
+    fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Value::Null)
+    }
+}
+
+/// The string `raw` holds, borrowed unless it has escapes; `None` for
+/// anything but a string.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    KeySeed
+        .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+        .ok()
 }
 
 /// A member name, borrowed from the text unless it has escapes: most names
@@ -381,7 +549,7 @@ mod tests {
                                      "lifecycle": {"postStart": {}, "preStop": {"sleep": {"seconds": 1}}}}, 3],
                      "volumes": [{"name": "v"}], "dnsConfig": {"options": []}},
             "status": {"phase": "Pending"}}"#;
-        let view = parse(text, &POD).unwrap().value;
+        let view = parse(text, &POD, EVERYTHING).unwrap().value;
         assert_eq!(
             view,
             json!({"metadata": {"name": "p", "annotations": {"a/b": "1"}},
@@ -394,33 +562,59 @@ mod tests {
     #[test]
     fn unexpected_types_are_kept_whole() {
         let text = r#"{"metadata": ["x", {"name": 1}], "spec": {"containers": {"0": {"image": "i"}}}, "kind": 1.5}"#;
-        let view = parse(text, &POD).unwrap().value;
+        let view = parse(text, &POD, EVERYTHING).unwrap().value;
         assert_eq!(
             view,
             json!({"metadata": ["x", {"name": 1}], "spec": {"containers": {"0": {"image": "i"}}}})
         );
-        assert_eq!(parse("null", &POD).unwrap().value, Value::Null);
-        assert_eq!(parse(r#""s""#, &DEPLOYMENT).unwrap().value, json!("s"));
+        assert_eq!(parse("null", &POD, EVERYTHING).unwrap().value, Value::Null);
+        assert_eq!(
+            parse(r#""s""#, &DEPLOYMENT, EVERYTHING).unwrap().value,
+            json!("s")
+        );
     }
 
     #[test]
     fn escaped_names_and_duplicates_read_as_value_reads_them() {
         let text = r#"{"meta\u0064ata": {"name": "a", "name": "b"}, "spec": {}}"#;
-        let view = parse(text, &POD).unwrap().value;
+        let view = parse(text, &POD, EVERYTHING).unwrap().value;
         let whole: Value = serde_json::from_str(text).unwrap();
         assert_eq!(view, whole);
     }
 
     #[test]
     fn skipped_members_must_still_be_json() {
-        assert!(parse(r#"{"status": {"phase": }}"#, &POD).is_err());
-        assert!(parse(r#"{"status": 1} x"#, &POD).is_err());
+        assert!(parse(r#"{"status": {"phase": }}"#, &POD, EVERYTHING).is_err());
+        assert!(parse(r#"{"status": 1} x"#, &POD, EVERYTHING).is_err());
+    }
+
+    #[test]
+    fn reads_only_the_annotations_and_variables_the_policy_file_names() {
+        let reads = Reads::new(&crate::config::Config::default());
+        let text = r#"{"metadata": {"annotations": {"calmplane.dev/skip": "dns", "other": "x"}},
+            "spec": {"containers": [{"env": [{"name": "A", "value": "1"}, 7,
+                {"value": "metadata.name=p", "name": "LEASE_SELECTOR", "valueFrom": null},
+                {"name": "LEASE_SELECTOR\u0021"}]}]}}"#;
+        let view = parse(text, &POD, &reads).unwrap().value;
+        assert_eq!(
+            view,
+            json!({"metadata": {"annotations": {"calmplane.dev/skip": "dns"}},
+                   "spec": {"containers": [{"env": [null, null,
+                       {"name": "LEASE_SELECTOR", "value": "metadata.name=p"}, null]}]}})
+        );
+        let everything = parse(text, &POD, EVERYTHING).unwrap().value;
+        assert_eq!(everything["metadata"]["annotations"]["other"], "x");
+        assert_eq!(
+            everything["spec"]["containers"][0]["env"][0],
+            json!({"name": "A", "value": "1"})
+        );
+        assert_eq!(everything["spec"]["containers"][0]["env"][1], Value::Null);
     }
 
     #[test]
     fn keeps_the_template_text_beside_its_view() {
         let text = r#"{"spec": {"replicas": 1, "template": {"metadata": {"annotations": {"a": "1"}, "labels": {}}, "spec": {}}}}"#;
-        let parsed = parse(text, &DEPLOYMENT).unwrap();
+        let parsed = parse(text, &DEPLOYMENT, EVERYTHING).unwrap();
         assert_eq!(
             parsed.value,
             json!({"spec": {"template": {"metadata": {"annotations": {"a": "1"}}}}})
@@ -439,7 +633,7 @@ mod tests {
             (r#"{"spec": {"template": 1}, "spec": {}}"#, None),
             (r#"{"sp\u0065c": {"template": 3}}"#, Some("3")),
         ] {
-            let parsed = parse(text, &DEPLOYMENT).unwrap();
+            let parsed = parse(text, &DEPLOYMENT, EVERYTHING).unwrap();
             assert_eq!(parsed.text.map(RawValue::get), found, "{text}");
         }
     }

@@ -237,13 +237,15 @@ fn parse_and_admit(
 ) -> Result<(review::Admission, Instant), ApiError> {
     let body = body.map_err(body_error)?;
     let start = Instant::now();
-    let request = review::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // One pipeline for the whole request: it says what to read, then reads it.
+    let pipeline = state.pipeline.load();
+    let request =
+        review::parse(&body, pipeline.reads()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     seen.set(SeenRequest {
         uid: request.uid.clone(),
         kind: kind_label(&request.kind.kind),
         operation: review::operation_label(&request.operation),
     });
-    let pipeline = state.pipeline.load();
     Ok((review::admit(&pipeline, request), start))
 }
 

@@ -227,7 +227,7 @@ pub fn planted_slowdown() -> bool {
 /// minus HTTP (`review::parse` + `review::admit`, which calls
 /// `Pipeline::run` and `review::response_body`).
 pub fn pipeline(pipeline: &calmplane::pipeline::Pipeline, body: &[u8]) -> String {
-    let request = calmplane::review::parse(body).expect("fixture parses");
+    let request = calmplane::review::parse(body, pipeline.reads()).expect("fixture parses");
     let admission = calmplane::review::admit(pipeline, request);
     if planted_slowdown() {
         let copy = admission.outcome.object.clone();

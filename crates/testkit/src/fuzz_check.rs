@@ -28,7 +28,7 @@ fn pipeline() -> &'static Pipeline {
 ///
 /// Panics (the fuzzer's finding) when any of these fails.
 pub fn check_mutate_body(data: &[u8]) {
-    let Ok(request) = review::parse(data) else {
+    let Ok(request) = review::parse(data, pipeline().reads()) else {
         return;
     };
     let uid = request.uid.clone();
@@ -79,7 +79,7 @@ pub fn check_mutate_body(data: &[u8]) {
     };
     again["request"]["object"] = patched;
     let again = serde_json::to_vec(&again).expect("serialises");
-    let request = review::parse(&again).expect("the patched review parses");
+    let request = review::parse(&again, pipeline().reads()).expect("the patched review parses");
     let second = review::admit(pipeline(), request).response_body();
     let second: Value = serde_json::from_str(&second).expect("response is JSON");
     assert!(

@@ -79,7 +79,8 @@ pub fn view_matches_whole(
     };
     body["request"]["kind"] = json!({"group": group, "version": version, "kind": kind.as_str()});
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    let request = calmplane::review::parse(&bytes).map_err(|e| format!("view parse: {e}"))?;
+    let request = calmplane::review::parse(&bytes, pipeline.reads())
+        .map_err(|e| format!("view parse: {e}"))?;
     let view = calmplane::review::admit(pipeline, request).outcome;
     let differs = |what: &str, a: String, b: String| {
         Err(format!(
