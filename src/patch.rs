@@ -145,9 +145,14 @@ impl Mutation {
     }
 
     fn note(&mut self, path: &[&str], message: String) {
+        let path = pointer(path).as_str().to_owned();
+        self.note_at(path, message);
+    }
+
+    fn note_at(&mut self, path: String, message: String) {
         self.changes.push(Change {
             policy: self.policy,
-            path: pointer(path).to_string(),
+            path,
             message,
         });
     }
@@ -246,12 +251,19 @@ impl Mutation {
             _ => return self.refuse(noted, "a parent is not an object"),
         };
         let path = pointer(at);
+        // Escaped once: the note names the same member unless a missing
+        // subtree was added whole.
+        let noted = if noted == at {
+            path.as_str().to_owned()
+        } else {
+            pointer(noted).as_str().to_owned()
+        };
         self.ops.push(if existed {
             PatchOperation::Replace(ReplaceOperation { path, value })
         } else {
             PatchOperation::Add(AddOperation { path, value })
         });
-        self.note(noted, message);
+        self.note_at(noted, message);
         Edit::Changed
     }
 
