@@ -390,10 +390,22 @@ pub fn parse_with<'a>(body: &'a [u8], extent: Extent<'_>) -> Result<RequestIn<'a
             });
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let review = ReviewSeed(extent)
-        .deserialize(&mut de)
-        .and_then(|review| de.end().map(|()| review));
+    // Checked as UTF-8 once, whole: serde_json then skips the check per
+    // string. Invalid UTF-8 takes the slice parser, whose error says where.
+    let review = match std::str::from_utf8(body) {
+        Ok(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            ReviewSeed(extent)
+                .deserialize(&mut de)
+                .and_then(|review| de.end().map(|()| review))
+        }
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            ReviewSeed(extent)
+                .deserialize(&mut de)
+                .and_then(|review| de.end().map(|()| review))
+        }
+    };
     let review = review.map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ReviewError::NotJson(e)
@@ -672,6 +684,14 @@ mod tests {
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         assert_eq!(warnings, admission.outcome.warnings.len());
+    }
+
+    #[test]
+    fn invalid_utf8_is_not_json_and_says_where() {
+        let body = b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"\xff\"}";
+        let err = parse(body, &reads()).unwrap_err();
+        assert!(matches!(err, ReviewError::NotJson(_)), "{err}");
+        assert!(err.to_string().contains("column"), "{err}");
     }
 
     #[test]

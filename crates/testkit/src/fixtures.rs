@@ -212,10 +212,11 @@ pub fn floor(body: &[u8]) -> String {
     serde_json::to_string(&value).expect("serialises")
 }
 
-/// Set `CALMPLANE_BENCH_PLANT_SLOWDOWN=1` to add a pretty-printed copy of the
-/// object to every pipeline run: a planted regression (the kind the issue
-/// names: a clone plus pretty-printing on the hot path) that shows the gate
-/// can fail. Never set in CI.
+/// Set `CALMPLANE_BENCH_PLANT_SLOWDOWN=1` to add, to every pipeline run, a
+/// parse of the whole request into a `serde_json::Value` and a pretty-printed
+/// copy of its object: a planted regression (the one the view removed:
+/// materialising what no policy reads) that shows the gate can fail. Never
+/// set in CI.
 pub fn planted_slowdown() -> bool {
     static PLANT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PLANT.get_or_init(|| {
@@ -230,8 +231,9 @@ pub fn pipeline(pipeline: &calmplane::pipeline::Pipeline, body: &[u8]) -> String
     let request = calmplane::review::parse(body, pipeline.reads()).expect("fixture parses");
     let admission = calmplane::review::admit(pipeline, request);
     if planted_slowdown() {
-        let copy = admission.outcome.object.clone();
-        std::hint::black_box(serde_json::to_string_pretty(&copy).expect("serialises"));
+        let whole: Value = serde_json::from_slice(body).expect("fixture is JSON");
+        let object = &whole["request"]["object"];
+        std::hint::black_box(serde_json::to_string_pretty(object).expect("serialises"));
     }
     admission.response_body()
 }
