@@ -12,6 +12,13 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+// Every admission allocates a few hundred small objects (the JSON tree, the
+// patch, the response); mimalloc serves them for ~6 µs less CPU per request
+// than glibc's malloc under `make load` (jemalloc: the same, and a 2-minute
+// C build instead of 30 s).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "calmplane",
