@@ -218,6 +218,8 @@ mod tests {
                 start.elapsed() < Duration::from_secs(10),
                 "lines not written"
             );
+            // A plain test thread polling: no tokio worker to block.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(*sink.bytes.lock().unwrap(), lines.concat().into_bytes());
