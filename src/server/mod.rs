@@ -139,8 +139,8 @@ impl Seen {
 /// the one place errors are counted and logged. Written out rather than
 /// stacked from `from_fn`, `CatchPanicLayer`, `HandleErrorLayer` and
 /// `TimeoutLayer`: each of those is a boxed service, a clone and a boxed
-/// future per request (measured: about 20,000 instructions per request
-/// together, against 8,000 for this one).
+/// future per request (callgrind, typical Pod, mimalloc: about 9,500
+/// instructions per request together, 2,400 for this one).
 #[derive(Clone)]
 struct Guard {
     state: Arc<AppState>,
