@@ -12,6 +12,13 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+// Every admission allocates a few hundred small objects (the JSON tree, the
+// patch, the response); mimalloc serves them for ~6 µs less CPU per request
+// than glibc's malloc under `make load` (jemalloc: the same, and a 2-minute
+// C build instead of 30 s).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "calmplane",
@@ -145,10 +152,12 @@ struct RegisterArgs {
     dry_run: bool,
 }
 
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat) -> Result<calmplane::server::batch_log::FlushGuard> {
     use tracing_subscriber::EnvFilter;
-    // Logging must never block a request: lines go through a background writer.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Logging must never block a request, nor wake a thread per line: lines
+    // are gathered and written by a background thread (batch_log's docs).
+    let (writer, guard) = calmplane::server::batch_log::BatchWriter::new(std::io::stderr())
+        .context("starting the log writer thread")?;
     let filter =
         EnvFilter::try_from_env("CALMPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a terminal: a log collector would store the escape codes.
@@ -165,14 +174,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .init(),
         LogFormat::Text => builder.init(),
     }
-    guard
+    Ok(guard)
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let _guard = init_logging(cli.log_format);
+            let _guard = init_logging(cli.log_format)?;
             serve(args)
         }
         Command::Certs(args) => {
@@ -195,7 +204,7 @@ fn main() -> Result<()> {
         }
         Command::Register(args) => run_register(args),
         Command::LeaseMonitor(args) => {
-            let _guard = init_logging(cli.log_format);
+            let _guard = init_logging(cli.log_format)?;
             Ok(calmplane::lease_monitor::main(args)?)
         }
         Command::Audit(args) => {
