@@ -15,6 +15,12 @@
 //! Counts are instructions per iteration (Ir). No perf counters are needed
 //! (`perf stat -e instructions` reports "not supported" on this machine).
 
+
+// The allocator the binary ships with (src/main.rs), so that these figures
+// are the ones `calmplane serve` gets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use calmplane::pipeline::Pipeline;
 use calmplane_testkit::fixtures;
 use std::hint::black_box;

@@ -16,6 +16,12 @@
 //! `cargo bench --bench pipeline` runs them all; `make bench-gate` runs a
 //! short version and checks the results with `benches/gate.py`.
 
+
+// The allocator the binary ships with (src/main.rs), so that these figures
+// are the ones `calmplane serve` gets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use calmplane::pipeline::{Pipeline, Request};
 use calmplane::policy::Kind;
