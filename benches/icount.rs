@@ -15,7 +15,6 @@
 //! Counts are instructions per iteration (Ir). No perf counters are needed
 //! (`perf stat -e instructions` reports "not supported" on this machine).
 
-
 // The allocator the binary ships with (src/main.rs), so that these figures
 // are the ones `calmplane serve` gets.
 #[global_allocator]

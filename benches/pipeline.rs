@@ -16,7 +16,6 @@
 //! `cargo bench --bench pipeline` runs them all; `make bench-gate` runs a
 //! short version and checks the results with `benches/gate.py`.
 
-
 // The allocator the binary ships with (src/main.rs), so that these figures
 // are the ones `calmplane serve` gets.
 #[global_allocator]
