@@ -113,9 +113,41 @@ impl<'de> DeserializeSeed<'de> for OptionalRequest<'_> {
     type Value = Option<RequestIn<'de>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        RequestWire::deserialize_seed(d, self.0)?
+        OrNull(WireVisitor(self.0))
+            .deserialize(d)?
             .map(|wire| wire.finish(self.0).map_err(de::Error::custom))
             .transpose()
+    }
+}
+
+/// `null`, or what the seed reads.
+struct OrNull<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for OrNull<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for OrNull<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or a JSON object")
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
     }
 }
 
@@ -141,29 +173,6 @@ struct RequestWire<'a> {
 }
 
 impl<'a> RequestWire<'a> {
-    fn deserialize_seed<D: de::Deserializer<'a>>(
-        d: D,
-        extent: Extent<'_>,
-    ) -> Result<Option<RequestWire<'a>>, D::Error> {
-        struct Optional<'r>(Extent<'r>);
-        impl<'de> Visitor<'de> for Optional<'_> {
-            type Value = Option<RequestWire<'de>>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an AdmissionRequest")
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_map(WireVisitor(self.0)).map(Some)
-            }
-        }
-        d.deserialize_option(Optional(extent))
-    }
-
     /// Build what the envelope pass kept as text, and check what the
     /// request must have.
     fn finish(self, extent: Extent<'_>) -> Result<RequestIn<'a>, serde_json::Error> {
@@ -201,6 +210,14 @@ impl<'a> RequestWire<'a> {
 }
 
 struct WireVisitor<'r>(Extent<'r>);
+
+impl<'de> DeserializeSeed<'de> for WireVisitor<'_> {
+    type Value = RequestWire<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
 
 impl<'de> Visitor<'de> for WireVisitor<'_> {
     type Value = RequestWire<'de>;
@@ -241,26 +258,9 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_> {
         let Some(kind) = self.1 else {
             return Ok(Option::<&RawValue>::deserialize(d)?.map(ObjectIn::Text));
         };
-        struct Built<'s>(&'s Shape, &'s Reads);
-        impl<'de> Visitor<'de> for Built<'_> {
-            type Value = Option<ObjectIn<'de>>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                view::Seed(self.0, self.1)
-                    .deserialize(d)
-                    .map(|p| Some(ObjectIn::Built(p)))
-            }
-        }
         let (shape, reads) = shape(self.0, kind);
-        d.deserialize_option(Built(shape, reads))
+        let built = OrNull(view::Seed(shape, reads)).deserialize(d)?;
+        Ok(built.map(ObjectIn::Built))
     }
 }
 

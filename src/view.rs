@@ -286,24 +286,14 @@ impl<'de> DeserializeSeed<'de> for ShapeSeed<'_, '_, 'de> {
                 *self.text = (raw.get() != "null").then_some(raw);
                 Ok(value)
             }
-            shape => d.deserialize_any(ShapeVisitor {
-                shape,
-                reads: self.reads,
-                text: self.text,
-            }),
+            _ => d.deserialize_any(self),
         }
     }
 }
 
 /// Builds the value the shape names. Scalars and containers of another type
 /// than the shape expects are built whole, as `Value` would build them.
-struct ShapeVisitor<'s, 'c, 'de> {
-    shape: &'s Shape,
-    reads: &'s Reads,
-    text: &'c mut Option<&'de RawValue>,
-}
-
-impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
+impl<'de> Visitor<'de> for ShapeSeed<'_, '_, 'de> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -343,12 +333,7 @@ impl<'de> Visitor<'de> for ShapeVisitor<'_, '_, 'de> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        ShapeSeed {
-            shape: self.shape,
-            reads: self.reads,
-            text: self.text,
-        }
-        .deserialize(d)
+        self.deserialize(d)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
