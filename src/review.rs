@@ -1,9 +1,11 @@
 //! The AdmissionReview v1 envelope: request bytes in, response bytes out.
 //!
-//! The envelope is parsed with `object` and `oldObject` left as borrowed JSON
-//! text (`&RawValue`): nothing is copied or built until the request's kind is
-//! known. Then only the members the policies read become a
-//! `serde_json::Value` ([`view`]). We reuse kube's `Operation` and
+//! The envelope is read in one pass. The apiserver sends the request's `kind`
+//! before `object` and `oldObject`, so by the time the objects come the shape
+//! to read them with is known, and only the members the policies read become
+//! a `serde_json::Value` ([`view`]); the rest is skipped, never copied. (A
+//! body with the objects first keeps them as borrowed text, `&RawValue`, and
+//! builds them once the kind is read.) We reuse kube's `Operation` and
 //! `GroupVersionKind`, but not its `AdmissionRequest<T>`: that forces the
 //! object through a typed `ObjectMeta` (dropping fields it does not know), and
 //! its `AdmissionResponse.patch` serialises as an array of numbers, while the

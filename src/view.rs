@@ -36,11 +36,13 @@
 //! stored one. It does that on the two templates' JSON text ([`Templates`]),
 //! never on the view.
 //!
-//! The shapes are the one place that says what the policies read. A policy
-//! that reads a member outside them would see it missing; `tests/view.rs`
-//! runs every policy over the whole object and over the view, on every
-//! fixture of the corpus and on generated objects, and requires the same
-//! patch, changes and warnings.
+//! The shapes and [`Reads`] are the one place that says what the policies
+//! read. A policy that reads a member outside them would see it missing, so
+//! `calmplane_testkit::review::view_matches_whole` runs the policies over the
+//! view and over the whole object and requires the same patch, changes and
+//! warnings: in every policy test (`tests/policies.rs`), on generated objects
+//! (`tests/properties.rs`), on every corpus manifest (`tests/corpus.rs`) and
+//! on every fuzz input (`fuzz_check`).
 //!
 //! `/preview` shows the whole patched object, so it parses with
 //! [`Extent::Whole`].
