@@ -271,7 +271,7 @@ fn shape<'r>(extent: Extent<'r>, kind: &GroupVersionKind) -> (&'static Shape, &'
     match (extent, Kind::of(kind)) {
         (Extent::Whole, _) => (&Shape::All, view::EVERYTHING),
         (Extent::Read(reads), Some(kind)) => (kind.shape(), reads),
-        (Extent::Read(reads), None) => (&METADATA_ONLY, reads),
+        (Extent::Read(reads), None) => (&view::OTHER, reads),
     }
 }
 
@@ -439,17 +439,6 @@ fn check(review: ReviewIn<'_>) -> Result<RequestIn<'_>, ReviewError> {
     }
     Ok(request)
 }
-
-/// What `/mutate` reads of an object no policy handles: its name, for the
-/// logs and reports.
-const METADATA_ONLY: Shape = Shape::Members(&[(
-    "metadata",
-    Shape::Members(&[
-        ("name", Shape::All),
-        ("generateName", Shape::All),
-        ("namespace", Shape::All),
-    ]),
-)]);
 
 /// An AdmissionRequest sent without its AdmissionReview envelope (test
 /// fixtures often are). Only consulted on the error path.

@@ -20,6 +20,7 @@
 //!                      name*, env[R] { name*, value* }, args*, lifecycle { preStop* } } }
 //! DEPLOYMENT  metadata { name, generateName, namespace, annotations{R} }
 //!             spec { strategy*, template (as text) { metadata { annotations{R} } } }
+//! OTHER       metadata { name, generateName, namespace, annotations{R} }  (any other kind)
 //!
 //!   * the whole subtree
 //!   R only the annotation keys and environment variables the policy file
@@ -122,6 +123,10 @@ pub const POD: Shape = Members(&[
         ]),
     ),
 ]);
+
+/// An object of a kind no policy handles: only its metadata, which names it
+/// in the logs and reports.
+pub const OTHER: Shape = Members(&[("metadata", METADATA)]);
 
 /// What `rollout-history` writes in the pod template. It compares the rest
 /// as text, so the template is kept as text too.

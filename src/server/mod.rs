@@ -124,6 +124,16 @@ struct SeenRequest {
     operation: &'static str,
 }
 
+impl SeenRequest {
+    /// The uid, kind and operation for an error's log line and metric;
+    /// `unknown` when the request failed before its review parsed.
+    fn labels(seen: Option<&SeenRequest>) -> (&str, &'static str, &'static str) {
+        seen.map_or(("", "unknown", "unknown"), |s| {
+            (&s.uid, s.kind, s.operation)
+        })
+    }
+}
+
 impl Seen {
     fn set(&self, request: SeenRequest) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
@@ -224,9 +234,7 @@ impl Guard {
 
     /// The 500 for a request whose handler panicked, counted and logged.
     fn panicked(&self, mutate: bool, seen: Option<SeenRequest>) -> Response {
-        let (uid, kind, operation) = seen.as_ref().map_or(("", "unknown", "unknown"), |s| {
-            (&s.uid[..], s.kind, s.operation)
-        });
+        let (uid, kind, operation) = SeenRequest::labels(seen.as_ref());
         let error = ApiError::internal(if mutate {
             format!("internal error while mutating request {uid}")
         } else {
@@ -250,9 +258,7 @@ impl Guard {
             return response;
         };
         let seen = seen.take();
-        let (uid, kind, operation) = seen.as_ref().map_or(("", "unknown", "unknown"), |s| {
-            (&s.uid[..], s.kind, s.operation)
-        });
+        let (uid, kind, operation) = SeenRequest::labels(seen.as_ref());
         if error.status.is_server_error() {
             tracing::error!(uid, status = error.status.as_u16(), error = %error.message, "request failed");
         } else if mutate {
