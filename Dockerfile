@@ -25,6 +25,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/calmplane /usr/local/bin/calmplane
 USER 65532:65532
+# mimalloc gives freed memory back to the OS at once instead of up to a
+# second later: calmplane's memory bounds (src/budget.rs) assume it, since a
+# client sending large bodies frees memory as fast as it can send them.
+ENV MIMALLOC_PURGE_DELAY=0
 # 9091: `calmplane lease-monitor`'s metrics port (manifests/monitoring).
 EXPOSE 8443 9090 9091
 ENTRYPOINT ["/usr/local/bin/calmplane"]

@@ -29,7 +29,9 @@
 //! whole cluster dump, and `POST /report` runs it without patching.
 
 pub mod audit;
+pub mod budget;
 pub mod certs;
+pub mod clip;
 pub mod config;
 pub mod lease_monitor;
 pub mod manifests;
@@ -38,6 +40,7 @@ pub mod patch;
 pub mod pipeline;
 pub mod policy;
 pub mod preview;
+pub mod process;
 pub mod register;
 pub mod review;
 pub mod selector;

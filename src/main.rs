@@ -47,7 +47,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve AdmissionReviews over TLS.
-    Serve(ServeOptions),
+    Serve(Box<ServeOptions>),
     /// Write a dev CA (ca.crt) and a serving certificate and key (tls.crt, tls.key).
     Certs(CertsArgs),
     /// Print the patch calmplane would apply to a manifest, offline.
@@ -182,7 +182,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let _guard = init_logging(cli.log_format)?;
-            serve(args)
+            calmplane::process::check_allocator_env();
+            serve(*args)
         }
         Command::Certs(args) => {
             let mut names = certs::serving_names(&args.service.service, &args.service.namespace);
@@ -205,6 +206,7 @@ fn main() -> Result<()> {
         Command::Register(args) => run_register(args),
         Command::LeaseMonitor(args) => {
             let _guard = init_logging(cli.log_format)?;
+            calmplane::process::check_allocator_env();
             Ok(calmplane::lease_monitor::main(args)?)
         }
         Command::Audit(args) => {
@@ -241,40 +243,17 @@ fn run_register(args: RegisterArgs) -> Result<()> {
 }
 
 fn serve(opts: ServeOptions) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let files = calmplane::process::raise_fd_limit();
+    tracing::debug!(open_files = files, "file-descriptor limit");
+    let runtime = calmplane::process::runtime().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = opts.bind().await?;
-        let drained = server.run(shutdown_signal()).await;
+        let drained = server.run(calmplane::process::shutdown_signal()).await;
         if !drained {
             tracing::warn!("exited before every in-flight request finished");
         }
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("received SIGTERM"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn run_preview(args: PreviewArgs) -> Result<()> {
@@ -288,7 +267,8 @@ fn run_preview(args: PreviewArgs) -> Result<()> {
         body = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file))?;
     }
     let pipeline = Pipeline::new(&config, Arc::new(SystemClock));
-    let result = preview::preview(&pipeline, &body, args.namespace.as_deref())?;
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    let bounds = preview::Bounds::NONE;
+    let result = preview::preview(&pipeline, &body, args.namespace.as_deref(), &bounds)?;
+    print!("{}", preview::render(&result, &bounds)?);
     Ok(())
 }

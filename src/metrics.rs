@@ -1,8 +1,49 @@
 //! Prometheus metrics, served in text format on the plaintext metrics port.
 
+use crate::server::endpoint::Endpoint;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+/// How a TLS handshake on the webhook port ended, the `outcome` label of
+/// `calmplane_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// A TLS session was set up.
+    Success,
+    /// TLS that rustls refused: bad version, no shared cipher, a client
+    /// certificate from another CA...
+    Error,
+    /// Not finished within the handshake timeout.
+    Timeout,
+    /// Not TLS: plaintext HTTP (answered with a 400) or other bytes.
+    Plaintext,
+    /// Closed before sending anything (a TCP probe, a port scan).
+    Closed,
+}
+
+impl HandshakeOutcome {
+    /// Every outcome, so that each series exists from the start.
+    pub const ALL: [HandshakeOutcome; 5] = [
+        HandshakeOutcome::Success,
+        HandshakeOutcome::Error,
+        HandshakeOutcome::Timeout,
+        HandshakeOutcome::Plaintext,
+        HandshakeOutcome::Closed,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Success => "success",
+            HandshakeOutcome::Error => "error",
+            HandshakeOutcome::Timeout => "timeout",
+            HandshakeOutcome::Plaintext => "plaintext",
+            HandshakeOutcome::Closed => "closed",
+        }
+    }
+}
 
 /// Buckets from 50 µs to 1 s: the interesting range is well under a
 /// millisecond, the budget is 5 ms, and the apiserver gives up at 2 s.
@@ -36,6 +77,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// TLS handshakes by outcome: connection churn, next to the request rate.
     pub tls_handshakes: IntCounterVec,
+    /// `calmplane_tls_certificate_expiry_timestamp_seconds`: notAfter of the
+    /// serving certificate. A rotation that keeps failing leaves the old one
+    /// serving until it expires, and then every call fails open.
+    pub tls_expiry: Gauge,
     /// Requests answered 503 because the CPU queue was too long, by path: how
     /// often admission control turned work away (each such pod is admitted
     /// unmutated under `failurePolicy: Ignore`).
@@ -110,9 +155,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        for outcome in crate::server::listener::HANDSHAKE_OUTCOMES {
-            tls_handshakes.with_label_values(&[outcome]).reset();
+        for outcome in HandshakeOutcome::ALL {
+            tls_handshakes.with_label_values(&[outcome.label()]).reset();
         }
+        let tls_expiry = Gauge::new(
+            "calmplane_tls_certificate_expiry_timestamp_seconds",
+            "The time the serving certificate expires (notAfter), in seconds since the Unix epoch.",
+        )
+        .expect("valid metric");
         let overloaded = IntCounterVec::new(
             Opts::new(
                 "calmplane_overloaded_requests_total",
@@ -121,8 +171,8 @@ impl Metrics {
             &["path"],
         )
         .expect("valid metric");
-        for path in ["mutate", "preview"] {
-            overloaded.with_label_values(&[path]).reset();
+        for endpoint in Endpoint::ROUTED.into_iter().filter(|e| e.costs_work()) {
+            overloaded.with_label_values(&[endpoint.label()]).reset();
         }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -133,6 +183,7 @@ impl Metrics {
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
             Box::new(tls_handshakes.clone()),
+            Box::new(tls_expiry.clone()),
             Box::new(overloaded.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -146,7 +197,26 @@ impl Metrics {
             tls_reloads,
             config_reloads,
             tls_handshakes,
+            tls_expiry,
             overloaded,
+        }
+    }
+
+    /// Count one TLS handshake.
+    pub fn handshake(&self, outcome: HandshakeOutcome) {
+        self.tls_handshakes
+            .with_label_values(&[outcome.label()])
+            .inc();
+    }
+
+    /// Count one request to `endpoint` answered 503 by load shedding; an
+    /// admission request also counts as `result="overloaded"`.
+    pub fn overloaded(&self, endpoint: Endpoint) {
+        self.overloaded.with_label_values(&[endpoint.label()]).inc();
+        if endpoint.is_admission() {
+            self.requests
+                .with_label_values(&["unknown", "unknown", "overloaded"])
+                .inc();
         }
     }
 

@@ -13,6 +13,13 @@
 //!
 //! Pointer segments are escaped by `jsonptr` (`/` → `~1`, `~` → `~0`), so an
 //! annotation key like `calmplane.dev/skip` is safe.
+//!
+//! On `/mutate` the document is a view ([`crate::view`]) that holds only what
+//! the policies read. A [`Mutation`] made with [`Mutation::in_view`] refuses,
+//! with a warning that names the path, any write the view does not hold
+//! ([`crate::view::holds`]): such a write would replace, on the real object,
+//! a member the view never saw. A policy that tries it fails the tests that
+//! compare the view with the whole object, instead of shipping.
 
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
@@ -53,9 +60,16 @@ impl Edit {
     }
 }
 
+/// What may be written: anything in a whole object, or only what a view holds.
+#[derive(Debug, Clone, Copy)]
+enum Writable<'r> {
+    Whole,
+    View(&'static crate::view::Shape, &'r crate::view::Reads),
+}
+
 /// An object being edited, plus the operations and notes that describe the edit.
 #[derive(Debug)]
-pub struct Mutation {
+pub struct Mutation<'r> {
     /// The object, edited in place.
     doc: Value,
     /// One RFC 6902 operation per edit, in order: the patch.
@@ -66,6 +80,8 @@ pub struct Mutation {
     warnings: Vec<String>,
     /// The policy whose edits are being recorded, named in changes and warnings.
     policy: &'static str,
+    /// Whether `doc` is a view, whose writes are checked against its shape.
+    writable: Writable<'r>,
 }
 
 /// Look up `path` in `v`; array elements are addressed by their decimal index.
@@ -92,8 +108,8 @@ fn pointer(path: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(path.iter().copied())
 }
 
-impl Mutation {
-    /// Start editing `doc`.
+impl<'r> Mutation<'r> {
+    /// Start editing `doc`, a whole object.
     pub fn new(doc: Value) -> Self {
         Mutation {
             doc,
@@ -101,7 +117,46 @@ impl Mutation {
             changes: Vec::new(),
             warnings: Vec::new(),
             policy: "",
+            writable: Writable::Whole,
         }
+    }
+
+    /// Start editing `doc`, a view built with `shape` and `reads`: writes
+    /// outside what it holds are refused (see the module docs).
+    pub fn in_view(
+        doc: Value,
+        shape: &'static crate::view::Shape,
+        reads: &'r crate::view::Reads,
+    ) -> Self {
+        Mutation {
+            writable: Writable::View(shape, reads),
+            ..Mutation::new(doc)
+        }
+    }
+
+    /// A copy of this mutation's document, to edit with the same rule
+    /// (report-only policies edit a scratch copy).
+    pub fn scratch(&self) -> Mutation<'r> {
+        Mutation {
+            writable: self.writable,
+            ..Mutation::new(self.doc.clone())
+        }
+    }
+
+    /// Refuse a write the view does not hold; `true` if refused.
+    fn outside_view(&mut self, path: &[&str]) -> bool {
+        let Writable::View(shape, reads) = self.writable else {
+            return false;
+        };
+        if crate::view::holds(shape, reads, &self.doc, path) {
+            return false;
+        }
+        self.warn(format!(
+            "calmplane {}: internal error, write refused: {} is not in the view of the object that /mutate reads (src/view.rs); the object is admitted without it",
+            self.policy,
+            pointer(path)
+        ));
+        true
     }
 
     /// Name the policy that the following edits belong to.
@@ -139,9 +194,11 @@ impl Mutation {
         lookup(&self.doc, path)
     }
 
-    /// A warning for the user (AdmissionResponse.warnings).
+    /// A warning for the user (AdmissionResponse.warnings). Warnings quote
+    /// the object (a selector, an annotation), which the client chose: they
+    /// are clipped, as every message calmplane writes is.
     pub fn warn(&mut self, message: impl Into<String>) {
-        self.warnings.push(message.into());
+        self.warnings.push(crate::clip::clip(message.into()));
     }
 
     fn note(&mut self, path: &[&str], message: String) {
@@ -153,7 +210,7 @@ impl Mutation {
         self.changes.push(Change {
             policy: self.policy,
             path,
-            message,
+            message: crate::clip::clip(message),
         });
     }
 
@@ -164,6 +221,9 @@ impl Mutation {
     /// `add` carries the whole new subtree, because RFC 6902 `add` does not
     /// create intermediate members.
     pub fn set(&mut self, path: &[&str], value: Value, message: impl Into<String>) -> Edit {
+        if self.outside_view(path) {
+            return Edit::Refused;
+        }
         let Some((last, parents)) = path.split_last() else {
             return self.refuse(path, "refusing to replace the whole object");
         };
@@ -208,6 +268,9 @@ impl Mutation {
 
     /// Remove the member at `path` if it exists. Returns whether it did.
     pub fn remove(&mut self, path: &[&str], message: impl Into<String>) -> Edit {
+        if self.outside_view(path) {
+            return Edit::Refused;
+        }
         let Some((last, parents)) = path.split_last() else {
             return self.refuse(path, "refusing to remove the whole object");
         };
@@ -268,7 +331,7 @@ impl Mutation {
     }
 
     fn refuse(&mut self, path: &[&str], reason: &'static str) -> Edit {
-        self.warnings.push(format!(
+        self.warn(format!(
             "calmplane {}: skipped, cannot edit {}: {reason}",
             self.policy,
             pointer(path)
@@ -383,6 +446,53 @@ mod tests {
         assert!(m.ops().is_empty());
         assert_eq!(*m.doc(), orig);
         assert_eq!(m.warnings().len(), 3);
+    }
+
+    #[test]
+    fn a_view_refuses_writes_it_does_not_hold() {
+        use crate::view::{Reads, POD};
+        let reads = Reads::new(&crate::config::Config::default());
+        // The view of a Pod whose spec has volumes nobody read.
+        let view =
+            json!({"metadata": {"annotations": {}}, "spec": {"containers": [{"name": "c"}]}});
+        let mut m = Mutation::in_view(view.clone(), &POD, &reads);
+        m.begin("future-policy");
+        assert_eq!(m.set(&["spec", "volumes"], json!([]), "m"), Edit::Refused);
+        assert_eq!(
+            m.set(&["metadata", "annotations", "team"], json!("x"), "m"),
+            Edit::Refused
+        );
+        assert_eq!(
+            m.remove(&["spec", "containers", "0", "image"], "m"),
+            Edit::Refused
+        );
+        assert!(m.ops().is_empty());
+        assert_eq!(*m.doc(), view);
+        assert_eq!(m.warnings().len(), 3);
+        assert!(
+            m.warnings()[0].contains("/spec/volumes"),
+            "{}",
+            m.warnings()[0]
+        );
+        // What the view holds is written as before.
+        assert_eq!(
+            m.set(&["spec", "dnsConfig", "options"], json!([]), "m"),
+            Edit::Changed
+        );
+        assert_eq!(
+            m.set(
+                &["metadata", "annotations", "calmplane.dev/skip"],
+                json!("dns"),
+                "m"
+            ),
+            Edit::Changed
+        );
+        // A whole object takes any write.
+        let mut whole = Mutation::new(view);
+        assert_eq!(
+            whole.set(&["spec", "volumes"], json!([]), "m"),
+            Edit::Changed
+        );
     }
 
     #[test]

@@ -170,16 +170,30 @@ impl Pipeline {
     /// `calmplane.dev/skip` annotation. Never fails: a policy that cannot act
     /// leaves the object alone and says why in the warnings.
     pub fn run(&self, req: &Request<'_>, object: Value) -> Outcome {
+        self.run_on(req, Mutation::new(object))
+    }
+
+    /// [`Pipeline::run`] on a view of the object built with `shape` and this
+    /// pipeline's [`reads`](Pipeline::reads): writes outside the view are
+    /// refused ([`Mutation::in_view`]).
+    pub fn run_in_view(
+        &self,
+        req: &Request<'_>,
+        view: Value,
+        shape: &'static crate::view::Shape,
+    ) -> Outcome {
+        self.run_on(req, Mutation::in_view(view, shape, &self.reads))
+    }
+
+    fn run_on(&self, req: &Request<'_>, mut m: Mutation<'_>) -> Outcome {
+        let object = m.doc();
         let namespace = req
             .namespace
             .filter(|ns| !ns.is_empty())
-            .or_else(|| str_at(&object, &["metadata", "namespace"]).filter(|ns| !ns.is_empty()))
+            .or_else(|| str_at(object, &["metadata", "namespace"]).filter(|ns| !ns.is_empty()))
             .map(str::to_string);
-        let skip_value = str_at(
-            &object,
-            &["metadata", "annotations", crate::SKIP_ANNOTATION],
-        )
-        .map(str::to_string);
+        let skip_value = str_at(object, &["metadata", "annotations", crate::SKIP_ANNOTATION])
+            .map(str::to_string);
         let skip = Skip::parse(skip_value.as_deref());
         let ctx = Context {
             kind: req.kind,
@@ -189,7 +203,6 @@ impl Pipeline {
             templates: req.templates,
             now: self.clock.now_unix(),
         };
-        let mut m = Mutation::new(object);
         if let Some(value) = skip_value.as_deref() {
             let unknown = unknown_skip_names(value);
             if !unknown.is_empty() {
@@ -209,7 +222,7 @@ impl Pipeline {
             if self.report_only.contains(&policy.name()) {
                 // On a copy: later policies must see the object as it will be
                 // admitted, without this policy's edits.
-                let mut scratch = Mutation::new(m.doc().clone());
+                let mut scratch = m.scratch();
                 scratch.begin(policy.name());
                 policy.apply(&ctx, &mut scratch);
                 let (_, ops, changes, warnings) = scratch.into_parts();

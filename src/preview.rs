@@ -7,15 +7,60 @@
 //! preview: what pods created from their pod template will get.
 //!
 //! The same function serves `POST /preview` and `calmplane preview`, so the
-//! two print the same JSON.
+//! two print the same JSON. The server passes [`Bounds`]: a deadline, and
+//! what the parsed documents and the answer may cost in memory
+//! ([`crate::budget`]); the command line runs on the user's own file,
+//! unbounded. Every step is linear in the input.
 
+use crate::clip::Clipped;
 use crate::patch::{lookup, str_at, Change};
 use crate::pipeline::{Outcome, Pipeline, Request};
 use crate::policy::Kind;
 use crate::review;
+use crate::view::{self, Budget};
 use kube::core::admission::Operation;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What one preview may spend.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Stop working at this instant: past the server's request timeout, the
+    /// answer would go nowhere.
+    pub deadline: Option<Instant>,
+    /// The most the parsed documents may take in memory, in bytes.
+    pub tree_bytes: usize,
+    /// The longest answer, in bytes.
+    pub output_bytes: usize,
+}
+
+impl Bounds {
+    /// No bounds: `calmplane preview -f` on the user's own file.
+    pub const NONE: Bounds = Bounds {
+        deadline: None,
+        tree_bytes: usize::MAX,
+        output_bytes: usize::MAX,
+    };
+
+    /// The bounds of `POST /preview` for a body of `len` bytes, working
+    /// until `deadline`.
+    pub fn for_body(len: usize, deadline: Instant) -> Bounds {
+        Bounds {
+            deadline: Some(deadline),
+            tree_bytes: crate::budget::preview_tree_limit(len),
+            output_bytes: crate::budget::preview_output_limit(len),
+        }
+    }
+
+    fn check_time(&self) -> Result<(), PreviewError> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(PreviewError::Timeout),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Why a preview body was refused. All are the sender's fault: a 400 on
 /// `POST /preview`, a message and exit code on the command line.
@@ -55,6 +100,15 @@ pub enum PreviewError {
     /// The body is an AdmissionReview that `review::parse` refuses.
     #[error("invalid AdmissionReview: {0}")]
     Review(#[from] review::ReviewError),
+    /// The documents would take more memory than a preview of this size may.
+    #[error("the documents would take more than {0} bytes of memory to preview; preview fewer at a time, or run `calmplane preview -f` offline")]
+    TooLarge(usize),
+    /// The answer would be longer than a preview of this size may write.
+    #[error("the preview would be longer than {0} bytes; preview fewer objects at a time, or run `calmplane preview -f` offline")]
+    TooLong(usize),
+    /// The work went past the request's deadline and was stopped.
+    #[error("the preview was stopped at the request timeout")]
+    Timeout,
 }
 
 /// The preview of one object.
@@ -102,23 +156,26 @@ pub enum PreviewResponse {
     },
 }
 
-/// Parse `body` and preview every object in it.
+/// Parse `body` and preview every object in it, within `bounds`.
 pub fn preview(
     pipeline: &Pipeline,
     body: &[u8],
     namespace: Option<&str>,
+    bounds: &Bounds,
 ) -> Result<PreviewResponse, PreviewError> {
-    let docs = parse_documents(body)?;
+    let docs = parse_documents_within(body, bounds)?;
     let mut items = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
+        bounds.check_time()?;
         if !doc.is_object() {
             return Err(PreviewError::NotAnObject(i + 1));
         }
         if str_at(&doc, &["kind"]) == Some("AdmissionReview") {
-            items.push(preview_review(pipeline, doc)?);
-        } else if let Some(list_items) = list_items(&doc) {
-            for item in list_items {
-                items.push(preview_object(pipeline, item.clone(), namespace));
+            items.push(preview_review(pipeline, doc, bounds)?);
+        } else if str_at(&doc, &["kind"]) == Some("List") {
+            for item in list_items(doc) {
+                bounds.check_time()?;
+                items.push(preview_object(pipeline, item, namespace));
             }
         } else {
             items.push(preview_object(pipeline, doc, namespace));
@@ -131,25 +188,67 @@ pub fn preview(
     })
 }
 
-/// The items of a `v1 List`.
-fn list_items(doc: &Value) -> Option<&Vec<Value>> {
-    if str_at(doc, &["kind"]) != Some("List") {
-        return None;
-    }
-    doc.get("items").and_then(Value::as_array)
+/// The preview as the answer's text: pretty JSON with a final newline, or
+/// [`PreviewError::TooLong`] past `bounds.output_bytes` (pretty-printing
+/// indents every line, so deep documents grow).
+pub fn render(preview: &PreviewResponse, bounds: &Bounds) -> Result<String, PreviewError> {
+    let mut out = Capped {
+        buf: Vec::new(),
+        cap: bounds.output_bytes,
+    };
+    serde_json::to_writer_pretty(&mut out, preview)
+        .map_err(|_| PreviewError::TooLong(bounds.output_bytes))?;
+    out.buf.push(b'\n');
+    // serde_json writes UTF-8.
+    Ok(String::from_utf8(out.buf).unwrap_or_default())
 }
 
-fn preview_review(pipeline: &Pipeline, doc: Value) -> Result<Preview, PreviewError> {
+/// A buffer that refuses to grow past `cap`.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            return Err(std::io::Error::other("preview too long"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The items of a `v1 List`, moved out of it.
+fn list_items(mut doc: Value) -> Vec<Value> {
+    match doc.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn preview_review(
+    pipeline: &Pipeline,
+    doc: Value,
+    bounds: &Bounds,
+) -> Result<Preview, PreviewError> {
     // The review as text, so it takes the same envelope parse as `/mutate`;
     // only the extent differs: a preview shows the whole patched object.
     let text = serde_json::to_vec(&doc).map_err(review::ReviewError::NotJson)?;
-    let request = review::parse_with(&text, crate::view::Extent::Whole)?;
+    drop(doc);
+    let budget = Budget::new(bounds.tree_bytes);
+    let request = review::parse_with(&text, crate::view::Extent::Whole, &budget)?;
     let namespace = request.namespace.clone();
     let review::Admission { summary, outcome } = review::admit(pipeline, request);
     let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
         format!(
             "calmplane does not mutate {} {}",
-            summary.operation, summary.kind
+            summary.operation,
+            Clipped(&summary.kind)
         )
     });
     let mut preview = finish(summary.kind, summary.operation, skipped, outcome);
@@ -162,7 +261,7 @@ fn preview_review(pipeline: &Pipeline, doc: Value) -> Result<Preview, PreviewErr
 
 /// Preview one object as a CREATE.
 pub fn preview_object(pipeline: &Pipeline, object: Value, namespace: Option<&str>) -> Preview {
-    let kind_name = str_at(&object, &["kind"]).unwrap_or("").to_string();
+    let kind_name = Clipped(str_at(&object, &["kind"]).unwrap_or("")).to_string();
     let namespace = str_at(&object, &["metadata", "namespace"])
         .filter(|ns| !ns.is_empty())
         .or(namespace)
@@ -179,7 +278,7 @@ pub fn preview_object(pipeline: &Pipeline, object: Value, namespace: Option<&str
             (None, pipeline.run(&req, object))
         }
         None => {
-            let api_version = str_at(&object, &["apiVersion"]).unwrap_or("").to_string();
+            let api_version = Clipped(str_at(&object, &["apiVersion"]).unwrap_or(""));
             let why = format!("calmplane does not mutate {api_version} {kind_name}");
             (Some(why), Outcome::unchanged(object))
         }
@@ -194,7 +293,7 @@ pub fn preview_object(pipeline: &Pipeline, object: Value, namespace: Option<&str
 
 fn finish(kind: String, operation: &'static str, skipped: Option<String>, o: Outcome) -> Preview {
     Preview {
-        kind,
+        kind: Clipped(&kind).to_string(),
         name: str_at(&o.object, &["metadata", "name"]).map(str::to_string),
         namespace: str_at(&o.object, &["metadata", "namespace"]).map(str::to_string),
         operation,
@@ -259,27 +358,52 @@ fn template_preview(
 /// JSON when it looks like JSON, otherwise a YAML stream. Empty YAML
 /// documents (a leading `---`, a trailing separator) are dropped.
 pub fn parse_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
-    parse_documents_with(body, crate::yaml::documents)
+    parse_documents_within(body, &Bounds::NONE)
 }
 
 /// [`parse_documents`] for a whole cluster dump (`calmplane audit`): YAML
 /// gets budgets that grow with the input, see [`crate::yaml::large_documents`].
 pub fn parse_large_documents(body: &[u8]) -> Result<Vec<Value>, PreviewError> {
-    parse_documents_with(body, crate::yaml::large_documents)
+    parse_documents_with(body, &Bounds::NONE, |text, _| {
+        crate::yaml::large_documents(text)
+    })
+}
+
+/// [`parse_documents`] within `bounds`: YAML gets node and scalar budgets
+/// from `bounds.tree_bytes` ([`crate::yaml::bounded_documents`]), JSON is
+/// built through a [`view::Budget`] of the same size.
+pub fn parse_documents_within(body: &[u8], bounds: &Bounds) -> Result<Vec<Value>, PreviewError> {
+    parse_documents_with(body, bounds, |text, bounds| {
+        if bounds.tree_bytes == usize::MAX {
+            crate::yaml::documents(text)
+        } else {
+            crate::yaml::bounded_documents(text, bounds.tree_bytes)
+        }
+    })
 }
 
 fn parse_documents_with(
     body: &[u8],
-    yaml: fn(&str) -> Result<Vec<Value>, crate::yaml::Error>,
+    bounds: &Bounds,
+    yaml: impl Fn(&str, &Bounds) -> Result<Vec<Value>, crate::yaml::Error>,
 ) -> Result<Vec<Value>, PreviewError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(PreviewError::Empty),
         Some(b'{') | Some(b'[') => {
-            if let Ok(v) = serde_json::from_slice::<Value>(body) {
-                return Ok(match v {
-                    Value::Array(items) => items,
-                    v => vec![v],
-                });
+            if let Ok(text) = std::str::from_utf8(body) {
+                let budget = Budget::new(bounds.tree_bytes);
+                match view::parse(text, &view::Shape::All, view::EVERYTHING, &budget) {
+                    Ok(parsed) => {
+                        return Ok(match parsed.value {
+                            Value::Array(items) => items,
+                            v => vec![v],
+                        })
+                    }
+                    Err(_) if budget.exceeded().is_some() => {
+                        return Err(PreviewError::TooLarge(bounds.tree_bytes))
+                    }
+                    Err(_) => {}
+                }
             }
             // Flow-style YAML also starts with `{`; fall through to YAML, but
             // report the JSON error if that fails too and it was meant as JSON.
@@ -287,7 +411,8 @@ fn parse_documents_with(
         Some(_) => {}
     }
     let text = std::str::from_utf8(body).map_err(PreviewError::NotUtf8)?;
-    let docs: Vec<Value> = yaml(text)
+    bounds.check_time()?;
+    let docs: Vec<Value> = yaml(text, bounds)
         .map_err(PreviewError::Yaml)?
         .into_iter()
         .filter(|doc| !doc.is_null())
@@ -295,6 +420,7 @@ fn parse_documents_with(
     if docs.is_empty() {
         return Err(PreviewError::Empty);
     }
+    bounds.check_time()?;
     check_legacy_octal(text, &docs)?;
     Ok(docs)
 }
@@ -302,7 +428,13 @@ fn parse_documents_with(
 /// YAML 1.1 (kubectl) reads a plain `0640` as octal 416; YAML 1.2 (`crate::yaml`)
 /// reads it as the string "0640". Either silent choice would mislead, so a
 /// plain scalar of that shape that came out as a string is a clear error.
+///
+/// Linear in the text and the documents: one pass over the lines collects
+/// the octal-looking tokens (with the first line of each), one walk of the
+/// documents looks every string up among them, and the earliest line of a
+/// token found as a string is the one reported.
 fn check_legacy_octal(text: &str, docs: &[Value]) -> Result<(), PreviewError> {
+    let mut tokens: HashMap<&str, usize> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let content = line.split(" #").next().unwrap_or("").trim_end();
         let token = content
@@ -315,23 +447,37 @@ fn check_legacy_octal(text: &str, docs: &[Value]) -> Result<(), PreviewError> {
         if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
             continue;
         }
-        if docs.iter().any(|d| contains_string(d, token)) {
-            return Err(PreviewError::LegacyOctal {
-                line: n + 1,
+        tokens.entry(token).or_insert(n + 1);
+    }
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let mut first: Option<(usize, &str)> = None;
+    let mut stack: Vec<&Value> = docs.iter().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(x) => {
+                if let Some((&token, &line)) = tokens.get_key_value(x.as_str()) {
+                    if first.is_none_or(|(l, _)| line < l) {
+                        first = Some((line, token));
+                    }
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some((line, token)) => {
+            let digits = &token[1..];
+            Err(PreviewError::LegacyOctal {
+                line,
                 token: token.to_string(),
                 digits: digits.to_string(),
                 decimal: i64::from_str_radix(digits, 8).unwrap_or(0),
-            });
+            })
         }
-    }
-    Ok(())
-}
-
-fn contains_string(v: &Value, s: &str) -> bool {
-    match v {
-        Value::String(x) => x == s,
-        Value::Array(items) => items.iter().any(|i| contains_string(i, s)),
-        Value::Object(map) => map.values().any(|i| contains_string(i, s)),
-        _ => false,
     }
 }

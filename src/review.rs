@@ -61,6 +61,20 @@ pub enum ReviewError {
     /// apiserver rejects a response whose uid does not match.
     #[error("AdmissionReview request has an empty uid")]
     NoUid,
+    /// The views of the requests in flight hold all the memory set aside
+    /// for them ([`crate::budget::VIEW_POOL`]): a 503, try again.
+    #[error("calmplane is busy: the requests in flight hold all the memory set aside for reading objects; try again")]
+    Busy,
+    /// Reading what the policies need would take more memory than the body
+    /// may cost ([`crate::view::Budget`]): a hostile or broken object, such
+    /// as a list of millions of empty strings.
+    #[error("the object would take more than {limit} bytes of memory to read (the limit for a {body}-byte body); refused")]
+    TooLarge {
+        /// The bytes the view was allowed.
+        limit: usize,
+        /// The body's size.
+        body: usize,
+    },
 }
 
 /// The envelope. `request` is read by [`RequestSeed`].
@@ -70,8 +84,15 @@ struct ReviewIn<'a> {
     request: Option<RequestIn<'a>>,
 }
 
+/// How to build an object: its extent and what building it may cost.
+#[derive(Clone, Copy)]
+struct Build<'r> {
+    extent: Extent<'r>,
+    budget: &'r view::Budget,
+}
+
 /// Reads an AdmissionReview in one pass over the body.
-struct ReviewSeed<'r>(Extent<'r>);
+struct ReviewSeed<'r>(Build<'r>);
 
 impl<'de> DeserializeSeed<'de> for ReviewSeed<'_> {
     type Value = ReviewIn<'de>;
@@ -109,7 +130,7 @@ impl<'de> Visitor<'de> for ReviewSeed<'_> {
 }
 
 /// `request`, or `null`.
-struct OptionalRequest<'r>(Extent<'r>);
+struct OptionalRequest<'r>(Build<'r>);
 
 impl<'de> DeserializeSeed<'de> for OptionalRequest<'_> {
     type Value = Option<RequestIn<'de>>;
@@ -177,13 +198,15 @@ struct RequestWire<'a> {
 impl<'a> RequestWire<'a> {
     /// Build what the envelope pass kept as text, and check what the
     /// request must have.
-    fn finish(self, extent: Extent<'_>) -> Result<RequestIn<'a>, serde_json::Error> {
+    fn finish(self, how: Build<'_>) -> Result<RequestIn<'a>, serde_json::Error> {
         use de::Error as _;
         let missing = serde_json::Error::missing_field;
         let kind = self.kind.ok_or_else(|| missing("kind"))?;
-        let (shape, reads) = shape(extent, &kind);
+        let (shape, reads) = shape(how.extent, &kind);
         let build = |object: Option<ObjectIn<'a>>| match object {
-            Some(ObjectIn::Text(text)) => view::parse(text.get(), shape, reads).map(Some),
+            Some(ObjectIn::Text(text)) => {
+                view::parse(text.get(), shape, reads, how.budget).map(Some)
+            }
             Some(ObjectIn::Built(parsed)) => Ok(Some(parsed)),
             None => Ok(None),
         };
@@ -198,7 +221,12 @@ impl<'a> RequestWire<'a> {
             }),
             _ => None,
         };
+        let view = match how.extent {
+            Extent::Read(_) => Some(shape),
+            Extent::Whole => None,
+        };
         Ok(RequestIn {
+            view,
             uid: self.uid.ok_or_else(|| missing("uid"))?,
             kind,
             sub_resource: self.sub_resource,
@@ -211,7 +239,7 @@ impl<'a> RequestWire<'a> {
     }
 }
 
-struct WireVisitor<'r>(Extent<'r>);
+struct WireVisitor<'r>(Build<'r>);
 
 impl<'de> DeserializeSeed<'de> for WireVisitor<'_> {
     type Value = RequestWire<'de>;
@@ -251,7 +279,7 @@ impl<'de> Visitor<'de> for WireVisitor<'_> {
 }
 
 /// An object or `null`, built at once when the request's kind is known.
-struct ObjectSeed<'r, 'k>(Extent<'r>, &'k Option<GroupVersionKind>);
+struct ObjectSeed<'r, 'k>(Build<'r>, &'k Option<GroupVersionKind>);
 
 impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_> {
     type Value = Option<ObjectIn<'de>>;
@@ -260,8 +288,8 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_> {
         let Some(kind) = self.1 else {
             return Ok(Option::<&RawValue>::deserialize(d)?.map(ObjectIn::Text));
         };
-        let (shape, reads) = shape(self.0, kind);
-        let built = OrNull(view::Seed(shape, reads)).deserialize(d)?;
+        let (shape, reads) = shape(self.0.extent, kind);
+        let built = OrNull(view::Seed(shape, reads, self.0.budget)).deserialize(d)?;
         Ok(built.map(ObjectIn::Built))
     }
 }
@@ -302,6 +330,9 @@ pub struct RequestIn<'a> {
     /// Both pod templates of a Deployment UPDATE, as text, for
     /// `rollout-history` to compare.
     pub templates: Option<Templates<'a>>,
+    /// The shape `object` was built with when it is a view ([`Extent::Read`]):
+    /// the pipeline then refuses writes the view does not hold.
+    pub view: Option<&'static Shape>,
 }
 
 /// How a request ended, for metrics and the log line.
@@ -373,13 +404,20 @@ pub fn operation_label(op: &str) -> &'static str {
 
 /// Parse an AdmissionReview v1 for `/mutate`: only what the policies read
 /// is built (`reads`: what the pipeline's policy file makes them read, from
-/// [`Pipeline::reads`]).
+/// [`Pipeline::reads`]), within [`crate::budget::view_limit`] of the body.
 pub fn parse<'a>(body: &'a [u8], reads: &Reads) -> Result<RequestIn<'a>, ReviewError> {
-    parse_with(body, Extent::Read(reads))
+    let budget = view::Budget::new(crate::budget::view_limit(body.len()));
+    parse_with(body, Extent::Read(reads), &budget)
 }
 
-/// Parse an AdmissionReview v1, building as much of its objects as `extent` says.
-pub fn parse_with<'a>(body: &'a [u8], extent: Extent<'_>) -> Result<RequestIn<'a>, ReviewError> {
+/// Parse an AdmissionReview v1, building as much of its objects as `extent`
+/// says, and no more than `budget` allows.
+pub fn parse_with<'a>(
+    body: &'a [u8],
+    extent: Extent<'_>,
+    budget: &view::Budget,
+) -> Result<RequestIn<'a>, ReviewError> {
+    let how = Build { extent, budget };
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(ReviewError::Empty),
         Some(b'[') => return Err(ReviewError::NotAnObject("a JSON array")),
@@ -397,25 +435,26 @@ pub fn parse_with<'a>(body: &'a [u8], extent: Extent<'_>) -> Result<RequestIn<'a
     let review = match std::str::from_utf8(body) {
         Ok(text) => {
             let mut de = serde_json::Deserializer::from_str(text);
-            ReviewSeed(extent)
+            ReviewSeed(how)
                 .deserialize(&mut de)
                 .and_then(|review| de.end().map(|()| review))
         }
         Err(_) => {
             let mut de = serde_json::Deserializer::from_slice(body);
-            ReviewSeed(extent)
+            ReviewSeed(how)
                 .deserialize(&mut de)
                 .and_then(|review| de.end().map(|()| review))
         }
     };
-    let review = review.map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ReviewError::NotJson(e)
-        } else if serde_json::from_slice::<Value>(body).is_ok_and(|v| is_bare_request(&v)) {
-            ReviewError::BareRequest
-        } else {
-            ReviewError::Invalid(e)
-        }
+    let review = review.map_err(|e| match budget.exceeded() {
+        Some(view::Exceeded::Pool) => ReviewError::Busy,
+        Some(view::Exceeded::Limit) => ReviewError::TooLarge {
+            limit: budget.limit(),
+            body: body.len(),
+        },
+        None if e.is_syntax() || e.is_eof() => ReviewError::NotJson(e),
+        None if is_bare_request(body) => ReviewError::BareRequest,
+        None => ReviewError::Invalid(e),
     })?;
     check(review)
 }
@@ -441,11 +480,95 @@ fn check(review: ReviewIn<'_>) -> Result<RequestIn<'_>, ReviewError> {
 }
 
 /// An AdmissionRequest sent without its AdmissionReview envelope (test
-/// fixtures often are). Only consulted on the error path.
-fn is_bare_request(v: &Value) -> bool {
-    v.get("request").is_none()
-        && v.get("operation").is_some()
-        && v.get("kind").is_some_and(Value::is_object)
+/// fixtures often are). Only consulted on the error path, and read without
+/// building anything: the body that failed may be a hostile one.
+fn is_bare_request(body: &[u8]) -> bool {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    BareProbe.deserialize(&mut de).unwrap_or(false)
+}
+
+/// Whether a JSON object has `operation` and an object `kind`, and no `request`.
+struct BareProbe;
+
+impl<'de> DeserializeSeed<'de> for BareProbe {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BareProbe {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let (mut request, mut operation, mut kind) = (false, false, false);
+        while let Some(key) = map.next_key_seed(view::KeySeed)? {
+            match &*key {
+                "request" => request = true,
+                "operation" => operation = true,
+                "kind" => {
+                    kind = map.next_value_seed(IsObject)?;
+                    continue;
+                }
+                _ => {}
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(!request && operation && kind)
+    }
+}
+
+/// Whether a JSON value is an object, skipping it unbuilt.
+struct IsObject;
+
+impl<'de> DeserializeSeed<'de> for IsObject {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsObject {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(true)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
 }
 
 /// What admitting one request produced: what to count and log, and what the
@@ -477,6 +600,7 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn<'_>) -> Admission {
         object,
         old_object,
         templates,
+        view,
     } = request;
     let kind = Kind::of(&gvk);
     let operation_label = operation_label(&operation);
@@ -500,7 +624,10 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn<'_>) -> Admission {
                 old_object: old_object.as_ref(),
                 templates,
             };
-            let outcome = pipeline.run(&req, object);
+            let outcome = match view {
+                Some(shape) => pipeline.run_in_view(&req, object, shape),
+                None => pipeline.run(&req, object),
+            };
             summary.verdict = if outcome.patch.is_empty() {
                 Verdict::Unchanged
             } else {
@@ -636,7 +763,7 @@ mod tests {
     #[test]
     fn the_whole_extent_builds_everything_and_needs_no_text() {
         let (first, _) = bodies();
-        let whole = parse_with(&first, Extent::Whole).unwrap();
+        let whole = parse_with(&first, Extent::Whole, &view::Budget::unlimited()).unwrap();
         assert_eq!(whole.object.unwrap(), deployment("web:2"));
         assert!(whole.templates.is_none());
     }

@@ -69,6 +69,27 @@ pub fn large_documents(text: &str) -> Result<Vec<serde_json::Value>, Error> {
     Ok(serde_saphyr::from_multiple_with_options(text, options)?)
 }
 
+/// What one node of a parsed YAML document costs at most in memory: a
+/// `serde_json::Value` (72 bytes) and, in a mapping, the key's `String` and
+/// the map's hash and index for it. Scalar text is bounded apart.
+pub const NODE_BYTES: usize = 128;
+
+/// [`documents`] for input from a client (`POST /preview`), whose tree may
+/// take at most about `tree_bytes` of memory: at most `tree_bytes /
+/// NODE_BYTES` nodes, at most twice the text's length in scalar bytes (more
+/// only through aliases), and aliases bounded as in [`documents`].
+pub fn bounded_documents(text: &str, tree_bytes: usize) -> Result<Vec<serde_json::Value>, Error> {
+    let mut options = options();
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_nodes = budget.max_nodes.min(tree_bytes / NODE_BYTES);
+    budget.max_total_scalar_bytes = budget
+        .max_total_scalar_bytes
+        .min(text.len().saturating_mul(2));
+    budget.max_recorded_anchor_bytes = budget.max_recorded_anchor_bytes.min(text.len());
+    options.budget = Some(budget);
+    Ok(serde_saphyr::from_multiple_with_options(text, options)?)
+}
+
 /// `value` as a YAML document.
 pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
     serde_saphyr::to_string(value)
@@ -102,6 +123,22 @@ mod tests {
         let docs = documents("---\na: 1\n---\n---\nb: 2\n").unwrap();
         assert_eq!(docs.iter().filter(|d| !d.is_null()).count(), 2);
         assert_eq!(docs.iter().find(|d| !d.is_null()), Some(&json!({"a": 1})));
+    }
+
+    #[test]
+    fn bounded_documents_refuse_more_nodes_than_the_budget() {
+        let list = "- 1\n".repeat(10_000);
+        // 10,000 items (plus the list) need room for as many nodes.
+        assert!(bounded_documents(&list, 20_000 * NODE_BYTES).is_ok());
+        let e = bounded_documents(&list, 5_000 * NODE_BYTES).unwrap_err();
+        assert!(e.to_string().contains("budget"), "{e}");
+        // Aliases of a large anchored scalar cannot multiply its bytes.
+        let big = "x".repeat(10_000);
+        let mut aliased = format!("a: &a {big}\n");
+        for i in 0..20 {
+            aliased.push_str(&format!("b{i}: *a\n"));
+        }
+        assert!(bounded_documents(&aliased, usize::MAX / 2).is_err());
     }
 
     #[test]

@@ -478,11 +478,12 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
         still_serving(&mut c).await;
     }
 
-    // Over 8 MiB with a Content-Length: 413, and a fresh connection works.
+    // Over the cap with a Content-Length: 413, and a fresh connection works.
+    let cap = calmplane::budget::MAX_REVIEW_BODY;
     let mut big = pod("p", Some("ns"));
-    big["metadata"]["annotations"] = json!({"pad": "x".repeat(8 * MIB)});
+    big["metadata"]["annotations"] = json!({"pad": "x".repeat(cap)});
     let body = serde_json::to_vec(&review("big", "CREATE", "ns", &big, None)).unwrap();
-    assert!(body.len() > 8 * MIB);
+    assert!(body.len() > cap);
     let mut c2 = server.client().await;
     match c2
         .try_request("POST", "/mutate", "application/json", body)
@@ -490,7 +491,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     {
         Ok(reply) => {
             let message = expect_error(&reply, 413);
-            assert!(message.contains(&(8 * MIB).to_string()), "{message}");
+            assert!(message.contains(&cap.to_string()), "{message}");
         }
         // The server may answer and close before the client finished writing.
         Err(e) => panic!("no 413 answer for an oversized body: {e}"),
@@ -498,8 +499,8 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     let mut c3 = server.client().await;
     still_serving(&mut c3).await;
 
-    // Over 8 MiB without a length (chunked): still 413.
-    let reply = chunked_post(&server, "/mutate", 9 * MIB).await;
+    // Over the cap without a length (chunked): still 413.
+    let reply = chunked_post(&server, "/mutate", cap + MIB).await;
     assert!(
         reply.starts_with("HTTP/1.1 413"),
         "{}",
@@ -510,7 +511,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
 
     // Just under the cap is an ordinary request.
     let mut large = pod("p", Some("ns"));
-    large["metadata"]["annotations"] = json!({"pad": "x".repeat(7 * MIB)});
+    large["metadata"]["annotations"] = json!({"pad": "x".repeat(cap - 64 * 1024)});
     let reply = c3
         .mutate(&review("large", "CREATE", "ns", &large, None))
         .await;
@@ -1412,5 +1413,38 @@ async fn health_and_metrics() {
     );
     assert!(text.contains("# TYPE calmplane_admission_duration_seconds histogram"));
     assert!(text.contains("# TYPE calmplane_admission_requests_total counter"));
+    assert!(server.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_answers_are_no_larger_than_what_was_sent() {
+    // A kind of 200 KB used to come back three times: in `kind`, in
+    // `skipped` and in `object`.
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let object = json!({"apiVersion": "example.com/v1", "kind": "K".repeat(200_000),
+                        "metadata": {"name": "x"}});
+    let body = serde_json::to_vec(&object).unwrap();
+    let reply = c
+        .preview("/preview", "application/json", body.clone())
+        .await;
+    assert_eq!(reply.status, 200, "{:.300}", reply.text());
+    let preview = reply.json();
+    assert!(preview["kind"].as_str().unwrap().len() < 300);
+    assert!(
+        preview["skipped"].as_str().unwrap().len() < 400,
+        "{}",
+        preview["skipped"]
+    );
+    assert_eq!(
+        preview["object"], object,
+        "the object itself comes back whole"
+    );
+    assert!(
+        reply.body.len() < body.len() + 4096,
+        "{} bytes out for {} in",
+        reply.body.len(),
+        body.len()
+    );
     assert!(server.stop().await);
 }

@@ -82,7 +82,7 @@ fn promtool_checks_the_rule_file() {
         .arg("check")
         .arg("rules")
         .arg(rule_file()));
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 15 rules found"), "{out}");
 }
 
 #[test]
@@ -152,7 +152,13 @@ fn the_prometheusrule_carries_exactly_the_rule_file() {
             "CalmplaneLeaseWriteRateHigh",
             "CalmplaneLeasesExpired",
             "CalmplaneWebhookFailOpen",
-            "CalmplaneWebhookSlow"
+            "CalmplaneWebhookSlow",
+            "CalmplaneWebhookDown",
+            "CalmplaneLeaseMonitorDown",
+            "CalmplaneCertificateExpiringSoon",
+            "CalmplaneCertificateExpiryImminent",
+            "CalmplaneCertificateReloadFailed",
+            "CalmplanePolicyReloadFailed"
         ]
     );
     // Every alert links its runbook section, and the section exists.
@@ -196,7 +202,13 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
-        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+        if c.is_ascii_digit() {
+            // A number or a duration (`3600`, `0.99`, `1e3`, `offset 15m`):
+            // its letters are no metric name.
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
             while i < bytes.len()
                 && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
@@ -288,11 +300,13 @@ fn known_metrics() -> BTreeSet<String> {
     names
 }
 
-/// The apiserver's metrics the rules use, and the documented override series.
+/// The apiserver's metrics the rules use, the documented override series,
+/// and `up`, which Prometheus records for every scrape target.
 const EXTERNAL: &[&str] = &[
     "apiserver_admission_webhook_fail_open_count",
     "apiserver_admission_webhook_admission_duration_seconds_bucket",
     "calmplane_lease_stale_threshold_seconds",
+    "up",
 ];
 
 fn dashboard() -> Value {
@@ -327,6 +341,10 @@ fn the_metric_name_parser_finds_metrics_and_only_metrics() {
             .map(String::from)
             .into()
     );
+    let names = metric_names(
+        r#"max without (result) (c{result="error"} > 0 unless c offset 15m) or min(e) - time() < 14 * 24 * 3600 + 1e3 * 0.5"#,
+    );
+    assert_eq!(names, ["c", "e"].map(String::from).into());
 }
 
 #[test]
@@ -356,6 +374,10 @@ fn rules_and_dashboard_query_only_metrics_that_exist() {
         "calmplane_admission_duration_seconds_bucket",
         "calmplane_policy_changes_total",
         "apiserver_admission_webhook_fail_open_count",
+        "calmplane_tls_certificate_expiry_timestamp_seconds",
+        "calmplane_tls_reloads_total",
+        "calmplane_config_reloads_total",
+        "up",
     ] {
         assert!(used.contains(needed), "nothing queries {needed}");
     }

@@ -159,6 +159,27 @@ async fn rejected_bodies_do_not_flood_the_log() {
         println!("400: {} bytes: {:.120}", error.len(), error);
         assert!(error.len() < 2048, "400 body echoes {} bytes", error.len());
     }
+    // A review that is valid but whose uid, kind, namespace and name are
+    // hundreds of KiB long: admitted, and logged clipped.
+    let long = |c: &str| c.repeat(200 * 1024);
+    let mut pod = marked_pod();
+    pod["metadata"]["name"] = json!(long("n"));
+    let mut accepted = review(&long("u"), "CREATE", &long("s"), &pod, None);
+    accepted["request"]["kind"]["kind"] = json!(long("K"));
+    let reply = client.mutate(&accepted).await;
+    assert_eq!(reply.status, 200, "{:.300}", reply.text());
+    // Report mode logs the object's name too.
+    let mut reported = review(&long("r"), "CREATE", &long("s"), &pod, None);
+    reported["request"]["name"] = json!(long("n"));
+    let reply = client
+        .request(
+            "POST",
+            "/report",
+            "application/json",
+            serde_json::to_vec(&reported).unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:.300}", reply.text());
     client
         .mutate(&review("uid-after", "CREATE", "ns", &marked_pod(), None))
         .await;
@@ -172,6 +193,24 @@ async fn rejected_bodies_do_not_flood_the_log() {
             .filter(|l| l.contains("rejected admission request"))
             .count(),
         bodies.len()
+    );
+    let clipped = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(
+                "{}... ({} more bytes)",
+                "u".repeat(256),
+                200 * 1024 - 256
+            ))
+        })
+        .count();
+    assert_eq!(
+        clipped, 1,
+        "the long uid, clipped, in one admission line:\n{log:.2000}"
+    );
+    assert!(
+        log.contains(&format!("{}... (", "r".repeat(256))),
+        "the report line"
     );
 }
 

@@ -91,6 +91,22 @@ fn client_leaf(issuer: &Ca) -> Pair {
     leaf(issuer, ExtendedKeyUsagePurpose::ClientAuth)
 }
 
+/// A client certificate whose subject common name is `common_name`, and no
+/// DNS name, as kubeadm writes the apiserver's client certificates.
+fn named_client_leaf(issuer: &Ca, common_name: &str) -> Pair {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = dn(common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    Pair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -176,6 +192,20 @@ impl SecretVolume {
 /// server rejects a client certificate) is reported as what it is. `Err`
 /// carries the whole error chain.
 async fn probe(server: &TestServer, config: Arc<rustls::ClientConfig>) -> Result<u16, String> {
+    request(server, config, "GET /healthz").await
+}
+
+/// The status of an empty-bodied `/mutate` (400 once past the certificate
+/// check, 403 when the connection may not use it).
+async fn admission(server: &TestServer, config: Arc<rustls::ClientConfig>) -> Result<u16, String> {
+    request(server, config, "POST /mutate").await
+}
+
+async fn request(
+    server: &TestServer,
+    config: Arc<rustls::ClientConfig>,
+    method_path: &str,
+) -> Result<u16, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(server.addr)
@@ -186,7 +216,10 @@ async fn probe(server: &TestServer, config: Arc<rustls::ClientConfig>) -> Result
             .connect(name, tcp)
             .await
             .map_err(|e| format!("handshake: {}", chain(&e)))?;
-        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        let head = format!(
+            "{method_path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes())
             .await
             .map_err(|e| format!("write: {}", chain(&e)))?;
         let mut head = Vec::new();
@@ -516,7 +549,7 @@ async fn certificate_chains_with_an_intermediate_are_served_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_refuses_clients_without_a_certificate_from_the_client_ca() {
+async fn mtls_refuses_admission_without_a_certificate_from_the_client_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let server_ca = root_ca("server CA");
@@ -536,10 +569,23 @@ async fn mtls_refuses_clients_without_a_certificate_from_the_client_ca() {
     let server_ca_client = mtls_client_config(&srv, &client_leaf(&server_ca));
 
     assert_eq!(probe(&server, x_client.clone()).await, Ok(200));
-    let no_cert = probe(&server, client_config(&srv)).await;
-    let err = no_cert.expect_err("a client with no certificate got in");
-    println!("no client certificate: {err}");
-    assert!(err.contains("CertificateRequired"), "{err}");
+    assert_eq!(admission(&server, x_client.clone()).await, Ok(400));
+    // No certificate, as the kubelet's HTTPS probes: the probes answer, the
+    // admission paths do not.
+    assert_eq!(probe(&server, client_config(&srv)).await, Ok(200));
+    assert_eq!(
+        request(&server, client_config(&srv), "GET /readyz").await,
+        Ok(200)
+    );
+    for path in ["POST /mutate", "POST /report", "POST /preview"] {
+        assert_eq!(
+            request(&server, client_config(&srv), path).await,
+            Ok(403),
+            "{path} without a client certificate"
+        );
+    }
+    // A certificate that does not verify is refused in the handshake,
+    // whatever the path.
     for (name, config) in [("CA Y", &y_client), ("server CA", &server_ca_client)] {
         let err = probe(&server, config.clone())
             .await
@@ -588,7 +634,108 @@ async fn mtls_refuses_clients_without_a_certificate_from_the_client_ca() {
     })
     .await;
     assert_eq!(probe(&server, y_client.clone()).await, Ok(200));
-    assert!(probe(&server, client_config(&srv)).await.is_err());
+    assert_eq!(admission(&server, client_config(&srv)).await, Ok(403));
+    // Refusals of a request are counted as errors of the admission path.
+    let text = server.metrics().await;
+    assert!(
+        metric(
+            &text,
+            r#"calmplane_admission_requests_total{kind="unknown",operation="unknown",result="error"}"#
+        ) >= 4,
+        "{text}"
+    );
+    assert!(server.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_client_subjects_narrow_who_may_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = (
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        dir.path().join("client-ca.crt"),
+    );
+    let server_ca = root_ca("server CA");
+    let serving = server_leaf(&server_ca);
+    std::fs::write(&cert, &serving.cert).unwrap();
+    std::fs::write(&key, &serving.key).unwrap();
+    let client_ca = root_ca("apiserver client CA");
+    std::fs::write(&ca, client_ca.pem()).unwrap();
+    let server = TestServer::start_with(|opts| {
+        opts.tls.cert = cert;
+        opts.tls.key = key;
+        opts.tls.client_ca = Some(ca);
+        opts.tls.client_subjects = vec!["kube-apiserver-webhook-client".into()];
+    })
+    .await;
+    let srv = server_ca.pem();
+    let apiserver = mtls_client_config(
+        &srv,
+        &named_client_leaf(&client_ca, "kube-apiserver-webhook-client"),
+    );
+    let other = mtls_client_config(&srv, &named_client_leaf(&client_ca, "some-pod"));
+    // The named subject may call; another certificate from the same CA may not.
+    assert_eq!(admission(&server, apiserver.clone()).await, Ok(400));
+    assert_eq!(admission(&server, other.clone()).await, Ok(403));
+    assert_eq!(admission(&server, client_config(&srv)).await, Ok(403));
+    // Everyone may probe.
+    for config in [apiserver, other, client_config(&srv)] {
+        assert_eq!(probe(&server, config).await, Ok(200));
+    }
+    assert!(server.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_of_the_served_certificate_is_a_metric_that_follows_rotations() {
+    use calmplane::server::tls::validity;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca = root_ca("CA");
+    let first = server_leaf(&ca);
+    std::fs::write(&cert, &first.cert).unwrap();
+    std::fs::write(&key, &first.key).unwrap();
+    let server = start(cert.clone(), key.clone(), None).await;
+    let not_after = |pem: &str| {
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        validity(&der).unwrap().not_after
+    };
+    const GAUGE: &str = "calmplane_tls_certificate_expiry_timestamp_seconds";
+    let gauge = |text: &str| -> i64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(GAUGE)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("no {GAUGE} in\n{text}")) as i64
+    };
+    // rcgen wrote a notAfter 30 days from now (see `validity`).
+    let expected = not_after(&first.cert);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (expected - now - 30 * 86_400).abs() < 120,
+        "{expected} vs {now}"
+    );
+    assert_eq!(gauge(&server.metrics().await), expected);
+
+    // A rotation to a certificate that expires sooner moves the gauge.
+    let mut params = CertificateParams::new(certs_names()).unwrap();
+    params.distinguished_name = dn("calmplane.calmplane.svc");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let second_key = KeyPair::generate().unwrap();
+    let second = params.signed_by(&second_key, &ca).unwrap().pem();
+    write_atomic(&key, &second_key.serialize_pem());
+    write_atomic(&cert, &second);
+    let want = not_after(&second);
+    eventually("the gauge follows the rotation", || async {
+        gauge(&server.metrics().await) == want
+    })
+    .await;
+    assert!(want < expected);
     assert!(server.stop().await);
 }
 
@@ -718,6 +865,7 @@ fn assert_refused_by_the_loader(t: &Truncation, dir: &Path) {
         cert: cert.clone(),
         key,
         client_ca: None,
+        client_subjects: Vec::new(),
     };
     std::fs::write(&cert, format!("{}{}", t.new.cert, t.intermediate)).unwrap();
     assert!(
@@ -807,4 +955,83 @@ async fn truncated_or_garbled_chains_swapped_in_are_refused_and_each_counted() {
     .await;
     assert_serving(&server, &t.new_ca.pem(), &t.old_ca.pem(), "whole chain").await;
     assert!(server.stop().await);
+}
+
+/// A log sink for one test's own subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_is_served_with_a_warning() {
+    use calmplane::server::tls::{TlsPaths, TlsStore};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = root_ca("CA");
+    let now = time::OffsetDateTime::now_utc();
+    for (name, not_before, not_after, says) in [
+        (
+            "expired",
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+            "has expired",
+        ),
+        (
+            "future",
+            now + time::Duration::days(1),
+            now + time::Duration::days(30),
+            "not valid yet",
+        ),
+        (
+            "good",
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+            "",
+        ),
+    ] {
+        let mut params = CertificateParams::new(certs_names()).unwrap();
+        params.distinguished_name = dn(name);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let paths = TlsPaths {
+            cert: dir.path().join(format!("{name}.crt")),
+            key: dir.path().join(format!("{name}.key")),
+            client_ca: None,
+            client_subjects: Vec::new(),
+        };
+        std::fs::write(&paths.cert, cert.pem()).unwrap();
+        std::fs::write(&paths.key, key.serialize_pem()).unwrap();
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let store = tracing::subscriber::with_default(subscriber, || TlsStore::load(paths));
+        // Served all the same: the apiserver decides, and a restart loop
+        // would not make a better certificate appear.
+        let store = store.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(store.not_after(), not_after.unix_timestamp(), "{name}");
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        if says.is_empty() {
+            assert!(!text.contains("WARN"), "{name}: {text}");
+        } else {
+            assert!(
+                text.contains("WARN") && text.contains(says),
+                "{name}: {text}"
+            );
+        }
+    }
 }

@@ -34,6 +34,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn(crate::server::refuse_bodies))
         .with_state(state)
 }
 

@@ -2,7 +2,13 @@
 //! the rules in `manifests/monitoring/rules/` and the dashboard query them.
 //!
 //! Every label is a namespace, never a pod or a lease name, so the number of
-//! series is bounded by the number of namespaces that hold Leases.
+//! series is bounded by the number of namespaces that hold Leases, or held
+//! one within [`SERIES_RETENTION`]: at most 17 per namespace with leases
+//! (13 for the histogram, the write counter, three gauges), 14 per namespace
+//! emptied within the retention (the gauges go at once), plus the restart
+//! counter. `state` removes the rest, so namespace churn does not add up.
+//!
+//! [`SERIES_RETENTION`]: super::state::SERIES_RETENTION
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,

@@ -111,12 +111,14 @@ pub async fn run(
         state: state.clone(),
         ready: ready.clone(),
     });
-    let addr = args.metrics_listen;
-    let http = tokio::spawn(async move {
-        if let Err(source) = axum::serve(listener, app).await {
-            tracing::error!(error = %LeaseMonitorError::Listen { addr, source }, "metrics server stopped");
-        }
-    });
+    // The same caps and timers as the webhook's admin port: anything that
+    // can reach the port must not be able to exhaust the process.
+    let http = tokio::spawn(crate::server::listener::serve_admin(
+        listener,
+        app,
+        crate::server::listener::Limits::default(),
+        std::future::pending(),
+    ));
 
     let client = kube::Client::try_default().await?;
     let api: Api<Lease> = match &args.namespace {
@@ -179,24 +181,7 @@ pub(crate) fn lock(state: &Mutex<LeaseState>) -> std::sync::MutexGuard<'_, Lease
 
 /// `calmplane lease-monitor`: a runtime of its own, stopped by SIGTERM or SIGINT.
 pub fn main(args: LeaseMonitorArgs) -> Result<(), LeaseMonitorError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(LeaseMonitorError::Runtime)?;
-    runtime.block_on(run(args, shutdown_signal()))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("received SIGTERM"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    crate::process::raise_fd_limit();
+    let runtime = crate::process::runtime().map_err(LeaseMonitorError::Runtime)?;
+    runtime.block_on(run(args, crate::process::shutdown_signal()))
 }

@@ -1,12 +1,40 @@
 //! The event-handling path: watcher events in, write counts and ages out.
 //! Pure apart from the metrics it updates: no I/O and no clock (callers pass
 //! "now"), so the tests and the criterion bench drive it directly.
+//!
+//! A namespace's series live as long as it holds Leases, plus
+//! [`SERIES_RETENTION`]: its gauges go at the first sample without a lease,
+//! its write counter and age histogram once it has had none for that long.
+//! So the series count follows the namespaces that hold Leases now or held
+//! one recently, not every namespace the monitor has ever seen.
 
 use super::metrics::LeaseMetrics;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::watcher::Event;
 use prometheus::{Histogram, IntCounter};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a namespace without Leases keeps its write counter and age
+/// histogram before their series are removed.
+///
+/// Removing them at once would turn every brief gap into a counter that
+/// drops and comes back from zero: a Deployment deleted and applied again,
+/// the last per-pod lease replaced by the next one. A `rate()` window over
+/// the drop reads it as a counter reset, the writes counted after the last
+/// scrape are lost with the old series, and the dashboard's per-namespace
+/// panels flicker. 10 minutes is twice the longest range the rules and the
+/// dashboard take a `rate()` over (5m), and 40 scrapes at the
+/// ServiceMonitor's 15 s: a namespace empty for less than that keeps one
+/// continuous counter, and one that comes back later starts a new series
+/// that no 5-minute window shares with the old one. The cost is bounded: an
+/// emptied namespace keeps its 14 series (13 for the histogram, one counter)
+/// for 10 minutes more, so churn adds at most 14 series per namespace
+/// emptied in the last 10 minutes.
+pub const SERIES_RETENTION: Duration = Duration::from_secs(10 * 60);
+
+/// [`SERIES_RETENTION`] in the unit of the sample clock.
+const SERIES_RETENTION_US: i64 = SERIES_RETENTION.as_micros() as i64;
 
 /// What the monitor keeps of one Lease: the fields that make a write, and
 /// the times its age is measured from.
@@ -71,14 +99,21 @@ struct NamespaceState {
     leases: HashMap<String, LeaseRecord>,
     writes: IntCounter,
     age: Histogram,
+    /// Its gauges carry a value, so that they are removed when it empties.
+    gauged: bool,
+    /// The first sample that found it without leases; its counter and
+    /// histogram are removed [`SERIES_RETENTION`] after that. Set by
+    /// `sample`, the only place with a clock: at most one sample interval
+    /// after the last lease went.
+    empty_since_us: Option<i64>,
 }
 
 /// Everything the monitor knows about the Leases it watches.
 pub struct LeaseState {
     metrics: LeaseMetrics,
+    /// Namespaces that hold leases, and those that held one less than
+    /// [`SERIES_RETENTION`] ago.
     namespaces: HashMap<String, NamespaceState>,
-    /// Namespaces whose gauges carry a value, so that emptied ones lose it.
-    gauged: HashSet<String>,
     /// Incremented on every `Init`: the current list generation.
     generation: u64,
     /// True from the first `InitDone`: `/readyz` turns ready.
@@ -107,7 +142,6 @@ impl LeaseState {
         LeaseState {
             metrics,
             namespaces: HashMap::new(),
-            gauged: HashSet::new(),
             generation: 0,
             listed: false,
             listing: false,
@@ -160,10 +194,11 @@ impl LeaseState {
             Event::InitDone => {
                 self.restart_counted = false;
                 let generation = self.generation;
+                // Namespaces emptied here keep their state (and series)
+                // until `sample` has seen them empty for SERIES_RETENTION.
                 for ns in self.namespaces.values_mut() {
                     ns.leases.retain(|_, r| r.seen == generation);
                 }
-                self.namespaces.retain(|_, ns| !ns.leases.is_empty());
                 self.listing = false;
                 self.listed = true;
             }
@@ -179,11 +214,9 @@ impl LeaseState {
                 ) else {
                     return;
                 };
+                // An emptied namespace stays until `sample` retires it.
                 if let Some(state) = self.namespaces.get_mut(ns) {
                     state.leases.remove(name);
-                    if state.leases.is_empty() {
-                        self.namespaces.remove(ns);
-                    }
                 }
             }
         }
@@ -210,9 +243,13 @@ impl LeaseState {
                         leases: HashMap::new(),
                         writes,
                         age,
+                        gauged: false,
+                        empty_since_us: None,
                     })
             }
         };
+        // A lease within the retention: the same series continue.
+        state.empty_since_us = None;
         match state.leases.get_mut(name) {
             Some(known) => {
                 if count_writes && known.is_write(&next) {
@@ -230,10 +267,36 @@ impl LeaseState {
     }
 
     /// Observe every lease's age at `now_us` (microseconds since the Unix
-    /// epoch) and set the gauges; namespaces with no leases lose theirs.
+    /// epoch) and set the gauges. Namespaces with no leases lose their
+    /// gauges at once, and their counter and histogram once they have had
+    /// none for [`SERIES_RETENTION`].
     pub fn sample(&mut self, now_us: i64) -> Sample {
         let mut result = Sample::default();
-        for (ns, state) in &self.namespaces {
+        let metrics = &self.metrics;
+        self.namespaces.retain(|ns, state| {
+            let labels = &[ns.as_str()];
+            if state.leases.is_empty() {
+                if state.gauged {
+                    // A last value would be a lie: an oldest age that stops
+                    // growing, a lease count of a namespace that has none.
+                    // The label values exist, they were set when `gauged`
+                    // was.
+                    let _ = metrics.leases.remove_label_values(labels);
+                    let _ = metrics.oldest_age.remove_label_values(labels);
+                    let _ = metrics.expired.remove_label_values(labels);
+                    state.gauged = false;
+                }
+                let since = *state.empty_since_us.get_or_insert(now_us);
+                if now_us.saturating_sub(since) < SERIES_RETENTION_US {
+                    return true;
+                }
+                // Created with the state, so they exist. A lease that comes
+                // back later starts them again from zero, after a gap longer
+                // than any rate() range in the rules: no window holds both.
+                let _ = metrics.writes.remove_label_values(labels);
+                let _ = metrics.age.remove_label_values(labels);
+                return false;
+            }
             let mut oldest = 0.0_f64;
             let mut expired = 0_i64;
             for record in state.leases.values() {
@@ -244,37 +307,18 @@ impl LeaseState {
                     expired += 1;
                 }
             }
-            let labels = &[ns.as_str()];
-            self.metrics
+            metrics
                 .leases
                 .with_label_values(labels)
                 .set(state.leases.len() as i64);
-            self.metrics
-                .oldest_age
-                .with_label_values(labels)
-                .set(oldest);
-            self.metrics.expired.with_label_values(labels).set(expired);
+            metrics.oldest_age.with_label_values(labels).set(oldest);
+            metrics.expired.with_label_values(labels).set(expired);
+            state.gauged = true;
             result.leases += state.leases.len();
             result.expired += expired as usize;
-            if !self.gauged.contains(ns) {
-                self.gauged.insert(ns.clone());
-            }
-        }
-        let namespaces = &self.namespaces;
-        let metrics = &self.metrics;
-        self.gauged.retain(|ns| {
-            if namespaces.contains_key(ns) {
-                return true;
-            }
-            let labels = &[ns.as_str()];
-            // The label values exist: this set only holds namespaces that
-            // were set above in an earlier sample.
-            let _ = metrics.leases.remove_label_values(labels);
-            let _ = metrics.oldest_age.remove_label_values(labels);
-            let _ = metrics.expired.remove_label_values(labels);
-            false
+            result.namespaces += 1;
+            true
         });
-        result.namespaces = self.namespaces.len();
         result
     }
 }
@@ -440,6 +484,152 @@ mod tests {
         );
         assert!(
             text.contains("calmplane_lease_writes_total{namespace=\"b\"} 0"),
+            "{text}"
+        );
+    }
+
+    const RETENTION_US: i64 = SERIES_RETENTION.as_micros() as i64;
+
+    /// The exported lines (not comments) of `namespace`'s series.
+    fn series_of(m: &LeaseMetrics, namespace: &str) -> Vec<String> {
+        let label = format!("namespace=\"{namespace}\"");
+        m.render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The metric names among `lines`, without their labels.
+    fn names(lines: &[String]) -> std::collections::BTreeSet<&str> {
+        lines
+            .iter()
+            .map(|l| l.split(['{', ' ']).next().unwrap_or(""))
+            .collect()
+    }
+
+    #[test]
+    fn an_emptied_namespace_keeps_counter_and_histogram_for_the_retention_then_loses_them() {
+        let (mut s, m) = state();
+        list(
+            &mut s,
+            &[
+                lease("gone", "x", Some(SECOND), "h"),
+                lease("kept", "y", Some(SECOND), "h"),
+            ],
+        );
+        s.apply(&Event::Apply(lease("gone", "x", Some(2 * SECOND), "h")));
+        let t0 = 3 * SECOND;
+        s.sample(t0);
+        // Three gauges, the counter, and 11 buckets, _sum and _count.
+        assert_eq!(
+            series_of(&m, "gone").len(),
+            17,
+            "{:?}",
+            series_of(&m, "gone")
+        );
+
+        s.apply(&Event::Delete(lease("gone", "x", None, "h")));
+        // The first sample without a lease starts the retention and drops
+        // the gauges: 14 series are left.
+        let emptied = t0 + SECOND;
+        let sample = s.sample(emptied);
+        assert_eq!(sample.namespaces, 1, "{sample:?}");
+        let left = series_of(&m, "gone");
+        assert_eq!(left.len(), 14, "{left:?}");
+        assert_eq!(
+            names(&left),
+            [
+                "calmplane_lease_writes_total",
+                "lease_age_seconds_bucket",
+                "lease_age_seconds_count",
+                "lease_age_seconds_sum"
+            ]
+            .into(),
+        );
+        assert!(
+            left.contains(&"calmplane_lease_writes_total{namespace=\"gone\"} 1".to_string()),
+            "{left:?}"
+        );
+
+        s.sample(emptied + RETENTION_US - 1);
+        assert_eq!(series_of(&m, "gone"), left, "one microsecond short");
+        s.sample(emptied + RETENTION_US);
+        assert_eq!(series_of(&m, "gone"), Vec::<String>::new());
+        // A namespace that holds a lease keeps all of its series.
+        assert_eq!(series_of(&m, "kept").len(), 17);
+        assert_eq!(s.lease_count(), 1);
+    }
+
+    #[test]
+    fn a_namespace_emptied_by_a_relist_goes_the_same_way() {
+        let (mut s, m) = state();
+        list(&mut s, &[lease("a", "x", Some(SECOND), "h")]);
+        s.sample(2 * SECOND);
+        s.apply_error();
+        list(&mut s, &[]);
+        s.sample(3 * SECOND);
+        assert_eq!(series_of(&m, "a").len(), 14);
+        s.sample(3 * SECOND + RETENTION_US);
+        assert_eq!(series_of(&m, "a"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_namespace_back_within_the_retention_continues_its_counter_and_restarts_the_clock() {
+        let (mut s, m) = state();
+        list(&mut s, &[lease("a", "x", Some(SECOND), "h")]);
+        s.apply(&Event::Apply(lease("a", "x", Some(2 * SECOND), "h")));
+        s.apply(&Event::Delete(lease("a", "x", None, "h")));
+        let emptied = 3 * SECOND;
+        s.sample(emptied);
+        s.sample(emptied + RETENTION_US / 2);
+        s.apply(&Event::Apply(lease("a", "z", Some(emptied), "h")));
+        assert_eq!(writes(&m, "a"), 2, "the same counter, not a new one at 1");
+        // Past the first retention: the lease that came back reset the clock.
+        s.sample(emptied + RETENTION_US);
+        assert_eq!(series_of(&m, "a").len(), 17);
+        assert_eq!(m.leases.with_label_values(&["a"]).get(), 1);
+
+        s.apply(&Event::Delete(lease("a", "z", None, "h")));
+        let again = emptied + RETENTION_US + SECOND;
+        s.sample(again);
+        s.sample(again + RETENTION_US - 1);
+        assert_eq!(series_of(&m, "a").len(), 14);
+        s.sample(again + RETENTION_US);
+        assert_eq!(series_of(&m, "a"), Vec::<String>::new());
+        // After the removal a new lease starts a new counter.
+        s.apply(&Event::Apply(lease("a", "w", Some(again), "h")));
+        assert_eq!(writes(&m, "a"), 1);
+    }
+
+    #[test]
+    fn with_namespace_churn_the_series_follow_the_last_retention_not_all_history() {
+        let (mut s, m) = state();
+        list(&mut s, &[]);
+        const MINUTE: i64 = 60 * SECOND;
+        // A namespace a minute: created, sampled, deleted.
+        // Namespace i is first seen empty at i minutes + 1 s.
+        for i in 0..60 {
+            let ns = format!("ns-{i}");
+            s.apply(&Event::Apply(lease(&ns, "l", Some(i * MINUTE), "h")));
+            s.sample(i * MINUTE);
+            s.apply(&Event::Delete(lease(&ns, "l", None, "h")));
+            s.sample(i * MINUTE + SECOND);
+        }
+        // At 59 min + 1 s, those emptied less than 10 minutes before remain:
+        // 59 - i < 10, so i = 50..=59.
+        let text = m.render();
+        let namespaces: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split("namespace=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let expected: std::collections::BTreeSet<String> =
+            (50..60).map(|i| format!("ns-{i}")).collect();
+        assert_eq!(
+            namespaces,
+            expected.iter().map(String::as_str).collect(),
             "{text}"
         );
     }

@@ -44,12 +44,34 @@ pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
         .then(|| Box::new(Lease::new(cfg.clone())) as Box<dyn Policy>)
 }
 
+/// The longest selector the policy rewrites. A lease selector is a term or
+/// two of names of at most 253 characters; anything longer is not one, and
+/// copying it to parse, rewrite and quote it would cost memory the view's
+/// budget does not see ([`crate::budget`]). Longer ones are left alone, with
+/// a warning.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+
 /// One selector found in the pod: where it is, the text, and how to write it back.
 struct Found {
     path: Vec<String>,
-    selector: String,
+    /// The selector, or its length when it is longer than [`MAX_SELECTOR_BYTES`].
+    selector: Result<String, usize>,
     /// `--flag=` for a joined flag argument, empty otherwise.
     prefix: String,
+}
+
+impl Found {
+    fn new(path: Vec<String>, selector: &str, prefix: String) -> Found {
+        Found {
+            path,
+            selector: if selector.len() > MAX_SELECTOR_BYTES {
+                Err(selector.len())
+            } else {
+                Ok(selector.to_string())
+            },
+            prefix,
+        }
+    }
 }
 
 impl Policy for Lease {
@@ -78,7 +100,17 @@ impl Policy for Lease {
             }
         };
         for f in found {
-            let new = match selector::rewrite(&f.selector, scope) {
+            let selector = match f.selector {
+                Ok(selector) => selector,
+                Err(len) => {
+                    m.warn(format!(
+                        "calmplane lease: selector at /{} left unchanged: it is {len} bytes long, more than a lease selector ({MAX_SELECTOR_BYTES})",
+                        f.path.join("/")
+                    ));
+                    continue;
+                }
+            };
+            let new = match selector::rewrite(&selector, scope) {
                 Ok(Some(new)) => new,
                 Ok(None) => continue,
                 Err(e) => {
@@ -90,7 +122,7 @@ impl Policy for Lease {
                 Scope::Namespace(_) => "one lease per namespace",
                 Scope::Name(_) => "one lease per hot Deployment",
             };
-            let message = format!("lease selector {:?} -> {new:?} ({why})", f.selector);
+            let message = format!("lease selector {selector:?} -> {new:?} ({why})");
             let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
             m.set(&path, Value::String(format!("{}{new}", f.prefix)), message);
         }
@@ -120,18 +152,21 @@ impl Lease {
     /// The lease selectors written into `pod`, where this policy looks for
     /// them (`calmplane audit` counts and resolves them).
     pub fn selectors(&self, pod: &Value) -> Vec<String> {
-        self.find(pod).into_iter().map(|f| f.selector).collect()
+        self.find(pod)
+            .into_iter()
+            .filter_map(|f| f.selector.ok())
+            .collect()
     }
 
     fn find(&self, pod: &Value) -> Vec<Found> {
         let mut found = Vec::new();
         for key in &self.cfg.annotations {
             if let Some(sel) = str_at(pod, &["metadata", "annotations", key]) {
-                found.push(Found {
-                    path: vec!["metadata".into(), "annotations".into(), key.clone()],
-                    selector: sel.to_string(),
-                    prefix: String::new(),
-                });
+                found.push(Found::new(
+                    vec!["metadata".into(), "annotations".into(), key.clone()],
+                    sel,
+                    String::new(),
+                ));
             }
         }
         for list in ["initContainers", "containers"] {
@@ -150,11 +185,7 @@ impl Lease {
                         if self.cfg.env_names.iter().any(|n| n == name) {
                             let mut path = base.to_vec();
                             path.extend(["env".into(), j.to_string(), "value".into()]);
-                            found.push(Found {
-                                path,
-                                selector: value.to_string(),
-                                prefix: String::new(),
-                            });
+                            found.push(Found::new(path, value, String::new()));
                         }
                     }
                 }
@@ -177,18 +208,10 @@ impl Lease {
                             .strip_prefix(flag.as_str())
                             .and_then(|r| r.strip_prefix('='))
                         {
-                            found.push(Found {
-                                path: arg_path(k),
-                                selector: sel.to_string(),
-                                prefix: format!("{flag}="),
-                            });
+                            found.push(Found::new(arg_path(k), sel, format!("{flag}=")));
                         } else if *arg == flag.as_str() {
                             if let Some(Some(sel)) = args.get(k + 1) {
-                                found.push(Found {
-                                    path: arg_path(k + 1),
-                                    selector: sel.to_string(),
-                                    prefix: String::new(),
-                                });
+                                found.push(Found::new(arg_path(k + 1), sel, String::new()));
                             }
                         }
                     }
@@ -196,5 +219,51 @@ impl Lease {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{FixedClock, Pipeline, Request};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_selector_longer_than_any_lease_selector_is_left_alone_with_a_warning() {
+        let long = format!("metadata.name={}", "p".repeat(MAX_SELECTOR_BYTES));
+        let pod = json!({
+            "metadata": {"annotations": {crate::LEASE_SELECTOR_ANNOTATION: long}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "LEASE_SELECTOR", "value": "metadata.name=p"}]}]}
+        });
+        let pipeline = Pipeline::from_policies(
+            vec![Box::new(Lease::new(LeaseConfig::default()))],
+            Arc::new(FixedClock(0)),
+        );
+        let request = Request {
+            kind: Kind::Pod,
+            operation: Operation::Create,
+            namespace: Some("ns"),
+            old_object: None,
+            templates: None,
+        };
+        let outcome = pipeline.run(&request, pod);
+        // The short one is rewritten; the long one is not, and not quoted.
+        assert_eq!(outcome.patch.len(), 1);
+        assert_eq!(
+            outcome.object["spec"]["containers"][0]["env"][0]["value"],
+            "metadata.namespace=ns"
+        );
+        assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+        let warning = &outcome.warnings[0];
+        assert!(
+            warning.contains("/metadata/annotations/calmplane.dev/lease-selector"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains(&format!("{} bytes", MAX_SELECTOR_BYTES + 14)),
+            "{warning}"
+        );
+        assert!(warning.len() < 300, "{warning}");
     }
 }

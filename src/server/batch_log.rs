@@ -28,8 +28,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const FLUSH_AT: usize = 256 * 1024;
 
 /// Unwritten bytes past which new lines are dropped: stderr is not being
-/// read (a stalled collector), and memory must stay bounded.
-pub const MAX_BUFFERED: usize = 16 * 1024 * 1024;
+/// read (a stalled collector), and memory must stay bounded
+/// ([`crate::budget::LOG_BUFFER`]).
+pub const MAX_BUFFERED: usize = crate::budget::LOG_BUFFER;
 
 struct Buffer {
     bytes: Vec<u8>,
@@ -72,7 +73,9 @@ impl BatchWriter {
     pub fn new<W: Write + Send + 'static>(sink: W) -> io::Result<(BatchWriter, FlushGuard)> {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
-                bytes: Vec::new(),
+                // Allocated whole once, so it never grows past the cap by
+                // doubling; pages count only once written.
+                bytes: Vec::with_capacity(MAX_BUFFERED),
                 dropped: 0,
                 closing: false,
             }),
@@ -99,7 +102,7 @@ impl BatchWriter {
 fn write_loop<W: Write>(shared: &Shared, mut sink: W) {
     // Two buffers swapped in turn: a write to the sink never holds the lock,
     // and their capacity is reused.
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(MAX_BUFFERED);
     loop {
         let mut buffer = shared.lock();
         while buffer.bytes.is_empty() && buffer.dropped == 0 && !buffer.closing {

@@ -10,10 +10,8 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// The longest error message returned or logged. serde's messages quote the
-/// offending input, which the client chose: one request must not be able to
-/// write megabytes into a response or a log line.
-pub const MAX_ERROR_CHARS: usize = 512;
+use crate::clip::clip;
+pub use crate::clip::MAX_ERROR_CHARS;
 
 /// An HTTP error answer: a status and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,21 +76,16 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // At capacity, for a moment: say when to come back.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         // For the layer that counts and logs errors.
         response.extensions_mut().insert(self);
         response
     }
-}
-
-/// `message`, cut at [`MAX_ERROR_CHARS`] characters with a note of how much
-/// was left out.
-pub fn clip(mut message: String) -> String {
-    if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
-        let more = message.len() - cut;
-        message.truncate(cut);
-        message.push_str(&format!("... ({more} more bytes)"));
-    }
-    message
 }
 
 #[cfg(test)]

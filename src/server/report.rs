@@ -7,7 +7,8 @@
 //! and logged, one line per object. That is the canary: the numbers a
 //! namespace would see, without the namespace seeing anything.
 
-use super::{kind_label, parse_and_admit, ApiError, AppState, Seen};
+use super::{kind_label, parse_and_admit, Answer, ApiError, AppState, Seen};
+use crate::clip::Clipped;
 use crate::metrics::Metrics;
 use crate::patch::{str_at, Change};
 use crate::pipeline::Outcome;
@@ -58,31 +59,61 @@ impl<'a> WouldChange<'a> {
     }
 }
 
+/// The longest `changes` field of a report line: a change's message quotes
+/// the object (a selector), which the client chose.
+pub const MAX_LOGGED_CHANGES: usize = 8 * 1024;
+
+/// What a report line and its counts need, taken out of the outcome, so that
+/// the object's view can be given back before the line is written.
+#[derive(Debug)]
+pub struct ReportLine {
+    /// Names of the policies that would have changed the object.
+    pub policies: Vec<&'static str>,
+    /// Their changes as JSON, cut at [`MAX_LOGGED_CHANGES`].
+    pub changes: String,
+    /// The object's name (or generateName), cut as every logged field is.
+    pub name: String,
+}
+
+impl ReportLine {
+    /// The line for `would`, about `object`.
+    pub fn of(object: &Value, would: WouldChange<'_>) -> ReportLine {
+        let name = str_at(object, &["metadata", "name"])
+            .or_else(|| str_at(object, &["metadata", "generateName"]))
+            .unwrap_or("");
+        let mut changes = serde_json::to_string(&would.changes).unwrap_or_default();
+        if changes.len() > MAX_LOGGED_CHANGES {
+            let cut = (0..=MAX_LOGGED_CHANGES)
+                .rev()
+                .find(|&i| changes.is_char_boundary(i))
+                .unwrap_or(0);
+            let more = changes.len() - cut;
+            changes.truncate(cut);
+            changes.push_str(&format!("... ({more} more bytes)"));
+        }
+        ReportLine {
+            policies: would.policies,
+            changes,
+            name: Clipped(name).to_string(),
+        }
+    }
+}
+
 /// Count and log what an object would have been changed by. `endpoint` says
 /// which path decided not to patch.
-pub fn record(
-    metrics: &Metrics,
-    summary: &Summary,
-    object: &Value,
-    would: &WouldChange<'_>,
-    endpoint: &'static str,
-) {
-    for policy in &would.policies {
+pub fn record(metrics: &Metrics, summary: &Summary, line: &ReportLine, endpoint: &'static str) {
+    for policy in &line.policies {
         metrics.report_changes.with_label_values(&[policy]).inc();
     }
-    let name = str_at(object, &["metadata", "name"])
-        .or_else(|| str_at(object, &["metadata", "generateName"]))
-        .unwrap_or("");
-    let changes = serde_json::to_string(&would.changes).unwrap_or_default();
     tracing::info!(
-        uid = %summary.uid,
-        kind = %summary.kind,
-        namespace = %summary.namespace,
-        name = %name,
+        uid = %Clipped(&summary.uid),
+        kind = %Clipped(&summary.kind),
+        namespace = %Clipped(&summary.namespace),
+        name = %line.name,
         operation = summary.operation,
         endpoint,
-        policies = %would.policies.join(","),
-        changes = %changes,
+        policies = %line.policies.join(","),
+        changes = %line.changes,
         "report"
     );
 }
@@ -94,20 +125,16 @@ pub(super) async fn report(
     Extension(seen): Extension<Seen>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (admission, start) = parse_and_admit(&state, &seen, body)?;
+    let admitted = parse_and_admit(&state, &seen, body, Answer::Report).await?;
     let m = &state.metrics;
-    m.duration.observe(start.elapsed().as_secs_f64());
-    let summary = &admission.summary;
+    m.duration.observe(admitted.elapsed.as_secs_f64());
+    let summary = &admitted.summary;
     m.requests
         .with_label_values(&[kind_label(&summary.kind), summary.operation, REPORT_RESULT])
         .inc();
-    record(
-        m,
-        summary,
-        &admission.outcome.object,
-        &WouldChange::everything(&admission.outcome),
-        "/report",
-    );
+    if let Some(line) = &admitted.report {
+        record(m, summary, line, "/report");
+    }
     // The envelope of an unchanged object: no patch, and no warnings about
     // changes that were not made.
     let body = review::response_body(&summary.uid, &Outcome::unchanged(Value::Null));

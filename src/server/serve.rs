@@ -7,7 +7,7 @@
 
 use super::listener::{self, Limits};
 use super::tls::{TlsError, TlsPaths, TlsStore};
-use super::{metrics_router, router, AppState};
+use super::{admin_router, router, AppState};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, SystemClock};
@@ -45,7 +45,7 @@ pub struct ServeOptions {
     /// Address of the TLS port (use 0.0.0.0:8443 in a cluster).
     #[arg(long, env = "CALMPLANE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
-    /// Address of the plaintext /metrics port.
+    /// Address of the plaintext admin port: /metrics, /healthz, /readyz.
     #[arg(
         long,
         env = "CALMPLANE_METRICS_LISTEN",
@@ -102,6 +102,7 @@ impl ServeOptions {
         let (listener, addr) = bind(self.listen).await?;
         let (metrics_listener, metrics_addr) = bind(self.metrics_listen).await?;
         let metrics = Arc::new(Metrics::new());
+        metrics.tls_expiry.set(tls.not_after() as f64);
         let state = AppState::new(Pipeline::new(&loaded, Arc::new(SystemClock)), metrics);
         Ok(Server {
             opts: self,
@@ -171,11 +172,14 @@ impl Server {
             .config
             .clone()
             .map(|path| watch_config(path, config_bytes, opts.reload_interval, state.clone()));
-        let metrics_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, metrics_router(metrics)).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
+        // The admin port serves until the process ends: Prometheus may
+        // scrape the last counts during the drain.
+        let admin = tokio::spawn(super::listener::serve_admin(
+            metrics_listener,
+            admin_router(state.clone()),
+            opts.limits.clone(),
+            std::future::pending(),
+        ));
 
         let app = router(state.clone(), opts.request_timeout);
         let delay = opts.shutdown_delay;
@@ -204,7 +208,7 @@ impl Server {
         if let Some(t) = config_watch {
             t.abort();
         }
-        metrics_task.abort();
+        admin.abort();
         tracing::info!(drained, "calmplane stopped");
         drained
     }

@@ -13,6 +13,18 @@
 //!
 //! Each accepted connection takes the config current at that moment, so new
 //! handshakes get the new certificate and open connections keep theirs.
+//!
+//! The leaf's validity is read on every load: its expiry is exported as
+//! `calmplane_tls_certificate_expiry_timestamp_seconds`, and a certificate
+//! that is expired or not yet valid is served (the apiserver decides) but
+//! logged at `warn`, since every call the apiserver makes would then fail
+//! its handshake and fail open.
+//!
+//! With `--client-ca`, a client certificate is *asked for* on every
+//! connection but not required by TLS: the kubelet's HTTPS probes carry
+//! none, and a pod whose probes fail never turns Ready. The admission paths
+//! then refuse a connection without one ([`ClientCheck`]), and
+//! `--client-subject` narrows which certificates they accept.
 
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -21,6 +33,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,10 +86,21 @@ pub struct TlsPaths {
     /// PEM private key.
     #[arg(long, env = "CALMPLANE_KEY", default_value = "certs/tls.key")]
     pub key: PathBuf,
-    /// Require client certificates signed by this CA (mTLS). When set,
-    /// clients must present a certificate signed by it.
+    /// Require client certificates signed by this CA (mTLS) on /mutate,
+    /// /report and /preview. /healthz and /readyz stay open, for the
+    /// kubelet's probes, which carry no certificate.
     #[arg(long, env = "CALMPLANE_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// With --client-ca, accept only client certificates whose subject
+    /// common name or a DNS name is one of these (repeat, or comma-separate).
+    /// Any certificate the CA signed when empty.
+    #[arg(
+        long = "client-subject",
+        env = "CALMPLANE_CLIENT_SUBJECTS",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub client_subjects: Vec<String>,
 }
 
 /// The current TLS config, swapped atomically when the files change, so a
@@ -86,6 +110,55 @@ pub struct TlsStore {
     current: ArcSwap<ServerConfig>,
     /// The bytes behind the last load attempt, good or bad.
     seen: Mutex<Vec<Vec<u8>>>,
+    /// notAfter of the leaf being served, Unix seconds: the expiry gauge
+    /// reads it, so a rotation moves it.
+    not_after: AtomicI64,
+}
+
+/// When a certificate is valid, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// notBefore.
+    pub not_before: i64,
+    /// notAfter.
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// Why this certificate cannot be served successfully at `now`, if it cannot.
+    pub fn problem(&self, now: i64) -> Option<&'static str> {
+        if now > self.not_after {
+            Some("the certificate has expired: every handshake will fail and the apiserver will fail open")
+        } else if now < self.not_before {
+            Some("the certificate is not valid yet (notBefore is in the future; clock skew?): handshakes will fail")
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a connection may not use the admission paths, under `--client-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCheck {
+    /// No client certificate was sent.
+    Missing,
+    /// A certificate the CA signed, but for a subject not in `--client-subject`.
+    Subject(String),
+}
+
+impl std::fmt::Display for ClientCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientCheck::Missing => f.write_str(
+                "this endpoint needs a client certificate signed by calmplane's --client-ca",
+            ),
+            ClientCheck::Subject(name) => write!(
+                f,
+                "client certificate {} is not one of --client-subject",
+                crate::clip::Clipped(name)
+            ),
+        }
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -103,17 +176,49 @@ impl TlsStore {
     /// Load the files once; fails when they are not a valid pair.
     pub fn load(paths: TlsPaths) -> Result<TlsStore, TlsError> {
         let files = read_all(&paths)?;
-        let config = build(&paths, &files)?;
+        let (config, validity) = build(&paths, &files)?;
+        warn_if_unusable(&paths, validity);
         Ok(TlsStore {
             paths,
             current: ArcSwap::from_pointee(config),
             seen: Mutex::new(files),
+            not_after: AtomicI64::new(validity.not_after),
         })
     }
 
     /// The config for the next handshake.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.current.load_full()
+    }
+
+    /// notAfter of the certificate being served, in Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+
+    /// Whether `--client-ca` is set, so that the admission paths check
+    /// every connection with [`TlsStore::check_client`].
+    pub fn checks_clients(&self) -> bool {
+        self.paths.client_ca.is_some()
+    }
+
+    /// Whether a connection whose client sent `peer` (already verified
+    /// against the client CA by rustls, or `None`) may use the admission paths.
+    pub fn check_client(&self, peer: Option<&[CertificateDer<'_>]>) -> Result<(), ClientCheck> {
+        let Some(leaf) = peer.and_then(<[_]>::first) else {
+            return Err(ClientCheck::Missing);
+        };
+        let allowed = &self.paths.client_subjects;
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        let names = subject_names(leaf);
+        if names.iter().any(|n| allowed.contains(n)) {
+            return Ok(());
+        }
+        Err(ClientCheck::Subject(
+            names.into_iter().next().unwrap_or_default(),
+        ))
     }
 
     /// Re-read the files; swap in a new config if they changed and are valid.
@@ -130,8 +235,10 @@ impl TlsStore {
         }
         *seen = files;
         match build(&self.paths, &seen) {
-            Ok(config) => {
+            Ok((config, validity)) => {
+                warn_if_unusable(&self.paths, validity);
                 self.current.store(Arc::new(config));
+                self.not_after.store(validity.not_after, Ordering::Relaxed);
                 Some(Ok(()))
             }
             Err(e) => Some(Err(e)),
@@ -161,6 +268,7 @@ impl TlsStore {
                     Some(Ok(())) => {
                         last_error = None;
                         metrics.tls_reloads.with_label_values(&["success"]).inc();
+                        metrics.tls_expiry.set(self.not_after() as f64);
                         tracing::info!(cert = %self.paths.cert.display(), "reloaded TLS certificate");
                     }
                     Some(Err(e)) => {
@@ -190,9 +298,62 @@ fn read_all(paths: &TlsPaths) -> Result<Vec<Vec<u8>>, TlsError> {
     Ok(files)
 }
 
-fn build(paths: &TlsPaths, files: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+/// Seconds since the Unix epoch on the wall clock; 0 before 1970.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn warn_if_unusable(paths: &TlsPaths, validity: Validity) {
+    if let Some(problem) = validity.problem(now_unix()) {
+        tracing::warn!(
+            cert = %paths.cert.display(),
+            not_before = validity.not_before,
+            not_after = validity.not_after,
+            "{problem}"
+        );
+    }
+}
+
+/// The validity period of a certificate, read with x509-parser (rustls does
+/// not expose it).
+pub fn validity(cert: &CertificateDer<'_>) -> Option<Validity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let v = parsed.validity();
+    Some(Validity {
+        not_before: v.not_before.timestamp(),
+        not_after: v.not_after.timestamp(),
+    })
+}
+
+/// The subject common names, then the DNS names, of a certificate.
+fn subject_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        names.extend(san.value.general_names.iter().filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        }));
+    }
+    names
+}
+
+fn build(paths: &TlsPaths, files: &[Vec<u8>]) -> Result<(ServerConfig, Validity), TlsError> {
     let cert_path = paths.cert.display().to_string();
     let chain = parse_certs(&files[0], &cert_path)?;
+    // parse_certs has checked that every certificate parses as X.509.
+    let validity = validity(&chain[0]).ok_or_else(|| TlsError::Pem {
+        path: cert_path.clone(),
+        message: "the leaf certificate has no readable validity period".into(),
+    })?;
     let key_path = paths.key.display().to_string();
     check_pem_framing(&files[1]).map_err(|message| TlsError::Pem {
         path: key_path.clone(),
@@ -215,7 +376,10 @@ fn build(paths: &TlsPaths, files: &[Vec<u8>]) -> Result<ServerConfig, TlsError> 
                     message: e.to_string(),
                 })?;
             }
+            // Asked for, verified when sent, but not required by TLS: the
+            // admission paths require it (see the module docs).
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError::ClientCa {
                     path: ca_shown,
@@ -229,7 +393,7 @@ fn build(paths: &TlsPaths, files: &[Vec<u8>]) -> Result<ServerConfig, TlsError> 
         .with_single_cert(chain, key)
         .map_err(TlsError::Pair)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, validity))
 }
 
 fn parse_certs(bytes: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod floor;
 pub mod fuzz_check;
 pub mod harness;
+pub mod hostile;
 pub mod lease_monitor;
 pub mod process;
 pub mod pychecks;

@@ -93,6 +93,11 @@ impl Process {
             .arg(dir.path().join("tls.key"))
             .args(serve_args)
             .env("CALMPLANE_LOG", "info")
+            // As the image and the manifests run it (calmplane::budget::ALLOCATOR_ENV).
+            .env(
+                calmplane::budget::ALLOCATOR_ENV.0,
+                calmplane::budget::ALLOCATOR_ENV.1,
+            )
             .env_remove("CALMPLANE_LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -128,6 +133,11 @@ impl Process {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// The child's process id, for `/proc`.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// The log so far.

@@ -79,8 +79,17 @@ pub fn view_matches_whole(
     };
     body["request"]["kind"] = json!({"group": group, "version": version, "kind": kind.as_str()});
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    let request = calmplane::review::parse(&bytes, pipeline.reads())
-        .map_err(|e| format!("view parse: {e}"))?;
+    // Unlimited: this compares what the view and the whole object make the
+    // policies do; what a view may cost is `calmplane::view`'s own tests' and
+    // tests/hostile.rs's subject (generated objects can be much larger as
+    // views than any real one).
+    let budget = calmplane::view::Budget::unlimited();
+    let request = calmplane::review::parse_with(
+        &bytes,
+        calmplane::view::Extent::Read(pipeline.reads()),
+        &budget,
+    )
+    .map_err(|e| format!("view parse: {e}"))?;
     let view = calmplane::review::admit(pipeline, request).outcome;
     let differs = |what: &str, a: String, b: String| {
         Err(format!(
