@@ -22,8 +22,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bytes::Bytes;
-use calmplane::pipeline::{Pipeline, Request};
-use calmplane::policy::Kind;
+use calmplane::pipeline::Pipeline;
+use calmplane::policy::{Context, Kind};
 use calmplane::review;
 use calmplane::server::ServeOptions;
 use calmplane_testkit::{fixtures, floor};
@@ -65,14 +65,12 @@ fn run_policies(
         &request.kind.kind,
     )
     .expect("fixtures are Pods and Deployments");
-    let req = Request {
-        kind,
-        operation: review::parse_operation(&request.operation).expect("known operation"),
-        namespace: request.namespace.as_deref(),
-        old_object: request.old_object.as_ref(),
-        templates: request.templates,
-    };
-    pipeline.run(&req, request.object.expect("fixtures have an object"))
+    let operation = review::parse_operation(&request.operation).expect("known operation");
+    let ctx = Context::new(kind, operation)
+        .in_namespace(request.namespace.as_deref())
+        .replacing(request.old_object.as_ref(), request.templates);
+    // `/mutate` runs the policies on the view the pipeline's reads build.
+    pipeline.run_in_view(&ctx, request.object.expect("fixtures have an object"))
 }
 
 fn stages(c: &mut Criterion, fixtures: &[fixtures::Fixture], pipeline: &Pipeline) {

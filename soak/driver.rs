@@ -73,7 +73,7 @@ struct Valid {
 
 fn valid_inputs() -> Vec<Valid> {
     let mut out = Vec::new();
-    let reads = calmplane::view::Reads::everything();
+    let reads = calmplane::policy::Reads::everything();
     for (name, body) in seeds::seeds().expect("read the corpus") {
         if calmplane::review::parse(&body, &reads).is_err() {
             continue;

@@ -370,11 +370,15 @@ mod tests {
     fn views_draw_what_they_take_from_one_pool_and_give_it_back() {
         use serde_json::json;
         let pools = Pools::new();
-        let reads = crate::view::Reads::new(&crate::config::Config::default());
+        let reads = crate::view::Keys::new([], []);
         let pod =
             json!({"spec": {"containers": [{"name": "c", "args": vec!["--a"; 100]}]}}).to_string();
+        let shape = crate::view::Shape::at(
+            &["spec", "containers", "*", "args"],
+            crate::view::Shape::All,
+        );
         let parse = |budget: &crate::view::Budget| {
-            crate::view::parse(&pod, &crate::view::POD, &reads, budget).map(|p| p.value)
+            crate::view::parse(&pod, &shape, &reads, budget).map(|p| p.value)
         };
         let budget = pools.view_budget(pod.len());
         let view = parse(&budget).unwrap();

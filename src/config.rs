@@ -1,5 +1,10 @@
 //! The policy file: one section per policy, every key optional.
 //!
+//! This module reads the file's structure and the two keys every section
+//! has; it knows no policy. Each policy module owns its section's other keys,
+//! their defaults and their checks ([`crate::policy::Definition`]), and
+//! [`crate::policy::configure`] refuses sections no policy owns.
+//!
 //! ```yaml
 //! lease:
 //!   mode: namespace            # or `pod` to turn the rewrite off
@@ -30,6 +35,8 @@
 //! that names the key.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Why a policy file was refused. Each names the file, and the key when one is at fault.
@@ -60,34 +67,28 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         source: crate::yaml::Error,
     },
-    /// A value is out of range.
+    /// A section or a value the policy that owns it refuses: an unknown
+    /// section or key, a wrong type, a value out of range.
     #[error("policy file {path}: {key}: {message}")]
     Invalid {
         /// The file.
         path: String,
-        /// The key, in the file's own spelling.
-        key: &'static str,
+        /// The section, or `section.key`, in the file's own spelling.
+        key: String,
         /// What is wrong and what is allowed.
         message: String,
     },
 }
 
-/// The whole policy file. Each section configures one policy, so a policy's
-/// constructor takes only its own section.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+/// The whole policy file: its sections, by the key they are written under.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    /// `lease`: which selectors to rewrite, and where the pod carries them.
-    pub lease: LeaseConfig,
-    /// `rolloutHistory`: when a Deployment counts as hot.
-    pub rollout_history: RolloutHistoryConfig,
-    /// `dns`: the resolver options added to pods.
-    pub dns: DnsConfig,
-    /// `prestop`: how long containers wait before SIGTERM, and how.
-    pub prestop: PrestopConfig,
-    /// `rollout`: only an on/off switch, kept as a section so the file's shape
-    /// is the same for every policy.
-    pub rollout: RolloutConfig,
+    /// Where it was read from, to name it in errors found later (by the
+    /// policy that owns a section).
+    source: String,
+    /// The sections as written; a section the file leaves out has its
+    /// defaults ([`Section::default`]).
+    sections: BTreeMap<String, Section>,
 }
 
 /// Whether a policy's changes are patched or only reported.
@@ -101,158 +102,31 @@ pub enum Enforcement {
     Report,
 }
 
-/// What the `lease` policy rewrites a per-pod selector to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LeaseMode {
-    /// Rewrite `metadata.name=<pod>` to `metadata.namespace=<ns>`.
-    Namespace,
-    /// Leave selectors alone (one lease per pod).
-    Pod,
-}
-
-/// The `lease` section. The selector can hide in three places in a pod, so
-/// each has its own list of names to look under.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct LeaseConfig {
-    /// Turns the policy off without removing the section.
+/// One section of the policy file: the keys every policy has, and the rest
+/// for the policy that owns the section to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Section {
+    /// `enabled: false` turns the policy off without removing the section.
     pub enabled: bool,
-    /// `report` computes and counts this policy's changes without patching them.
+    /// `enforcement: report` computes and counts the policy's changes without
+    /// patching them.
     pub enforcement: Enforcement,
-    /// `namespace` rewrites; `pod` keeps the section but the policy does not run.
-    pub mode: LeaseMode,
-    /// Pod annotation keys whose value is a lease selector.
-    pub annotations: Vec<String>,
-    /// Container env var names whose `value` is a lease selector.
-    pub env_names: Vec<String>,
-    /// Container flags (`--flag=SEL` or `--flag SEL`) that take a lease selector.
-    pub flags: Vec<String>,
+    /// The policy's own keys, undecoded: the policy decodes and checks them.
+    pub settings: Map<String, Value>,
 }
 
-impl Default for LeaseConfig {
+impl Default for Section {
     fn default() -> Self {
-        LeaseConfig {
+        Section {
             enabled: true,
             enforcement: Enforcement::Enforce,
-            mode: LeaseMode::Namespace,
-            annotations: vec![crate::LEASE_SELECTOR_ANNOTATION.to_string()],
-            env_names: vec!["LEASE_SELECTOR".to_string()],
-            flags: vec!["--lease-selector".to_string()],
+            settings: Map::new(),
         }
     }
 }
 
-/// The `rolloutHistory` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct RolloutHistoryConfig {
-    /// Turns the policy off: Deployments are no longer marked hot, nor cooled down.
-    pub enabled: bool,
-    /// `report` computes and counts this policy's changes without patching them.
-    pub enforcement: Enforcement,
-    /// A Deployment that rolled more than this many times in the last hour is hot.
-    pub hot_rollouts_per_hour: u32,
-}
-
-impl Default for RolloutHistoryConfig {
-    fn default() -> Self {
-        RolloutHistoryConfig {
-            enabled: true,
-            enforcement: Enforcement::Enforce,
-            hot_rollouts_per_hour: 1,
-        }
-    }
-}
-
-/// The `dns` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct DnsConfig {
-    /// Turns the policy off without removing the section.
-    pub enabled: bool,
-    /// `report` computes and counts this policy's changes without patching them.
-    pub enforcement: Enforcement,
-    /// The `ndots` option written into pods: low enough that external names
-    /// skip the search path, high enough that `svc.ns` still uses it.
-    pub ndots: u8,
-    /// Replace an ndots the pod sets itself.
-    pub r#override: bool,
-    /// Whether to add `single-request-reopen`, against the conntrack race
-    /// that loses an A or AAAA reply.
-    pub single_request_reopen: bool,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            enabled: true,
-            enforcement: Enforcement::Enforce,
-            ndots: 2,
-            r#override: false,
-            single_request_reopen: true,
-        }
-    }
-}
-
-/// How the `prestop` policy writes its sleep: the native action needs a
-/// recent cluster, the exec form needs a shell in the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrestopMode {
-    /// The native `lifecycle.preStop.sleep` action (GA in Kubernetes 1.34).
-    Sleep,
-    /// `exec: ["sh", "-c", "sleep N"]`, for older clusters; needs a shell in the image.
-    Exec,
-}
-
-/// The `prestop` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct PrestopConfig {
-    /// Turns the policy off without removing the section.
-    pub enabled: bool,
-    /// `report` computes and counts this policy's changes without patching them.
-    pub enforcement: Enforcement,
-    /// Native sleep or exec, depending on what the cluster supports.
-    pub mode: PrestopMode,
-    /// How long SIGTERM is held back: long enough for endpoint removal to
-    /// reach every proxy. `i64` because that is the API's type.
-    pub sleep_seconds: i64,
-    /// Time the grace period must leave after the sleep for the app to drain.
-    pub min_drain_seconds: i64,
-}
-
-impl Default for PrestopConfig {
-    fn default() -> Self {
-        PrestopConfig {
-            enabled: true,
-            enforcement: Enforcement::Enforce,
-            mode: PrestopMode::Sleep,
-            sleep_seconds: 5,
-            min_drain_seconds: 5,
-        }
-    }
-}
-
-/// The `rollout` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct RolloutConfig {
-    /// Turns the policy off without removing the section.
-    pub enabled: bool,
-    /// `report` computes and counts this policy's changes without patching them.
-    pub enforcement: Enforcement,
-}
-
-impl Default for RolloutConfig {
-    fn default() -> Self {
-        RolloutConfig {
-            enabled: true,
-            enforcement: Enforcement::Enforce,
-        }
-    }
-}
+/// [`Section::default`], to lend out for a section the file leaves out.
+static DEFAULT_SECTION: std::sync::LazyLock<Section> = std::sync::LazyLock::new(Section::default);
 
 impl Config {
     /// The policy file at `path`, or the built-in defaults without one. The
@@ -262,20 +136,6 @@ impl Config {
         match path {
             Some(path) => Config::load(path),
             None => Ok(Config::default()),
-        }
-    }
-
-    /// The `enforcement` of the section of the policy named `policy` (a
-    /// [`crate::policy::ALL`] name); `enforce` for a name it does not know.
-    pub fn enforcement(&self, policy: &str) -> Enforcement {
-        use crate::policy::{dns, lease, prestop, rollout, rollout_history};
-        match policy {
-            lease::NAME => self.lease.enforcement,
-            rollout_history::NAME => self.rollout_history.enforcement,
-            dns::NAME => self.dns.enforcement,
-            prestop::NAME => self.prestop.enforcement,
-            rollout::NAME => self.rollout.enforcement,
-            _ => Enforcement::Enforce,
         }
     }
 
@@ -297,7 +157,7 @@ impl Config {
         Ok((config, bytes))
     }
 
-    /// Parse and validate the bytes of a policy file; `path` names it in errors.
+    /// Parse the bytes of a policy file; `path` names it in errors.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
         let text = std::str::from_utf8(bytes).map_err(|source| ConfigError::NotUtf8 {
             path: path.to_string(),
@@ -306,74 +166,93 @@ impl Config {
         Config::from_yaml(text, path)
     }
 
-    /// Parse and validate. An empty file means "all defaults".
+    /// Parse the file's sections. An empty file means "all defaults". The
+    /// sections' own keys are checked by the policies that own them
+    /// ([`crate::policy::configure`]).
     pub fn from_yaml(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = if text.trim().is_empty() {
-            Config::default()
-        } else {
-            crate::yaml::from_str::<Option<Config>>(text)
-                .map_err(|source| ConfigError::Parse {
-                    path: path.to_string(),
-                    source,
-                })?
-                .unwrap_or_default()
+        let mut config = Config {
+            source: path.to_string(),
+            sections: BTreeMap::new(),
         };
-        config.validate(path)?;
+        if text.trim().is_empty() {
+            return Ok(config);
+        }
+        let file =
+            crate::yaml::from_str::<Option<Value>>(text).map_err(|source| ConfigError::Parse {
+                path: path.to_string(),
+                source,
+            })?;
+        let sections = match file {
+            None | Some(Value::Null) => return Ok(config),
+            Some(Value::Object(sections)) => sections,
+            Some(other) => {
+                return Err(config.invalid(
+                    "(top level)",
+                    format!("expected a mapping of sections, got {}", kind_of(&other)),
+                ))
+            }
+        };
+        for (key, value) in sections {
+            let mut settings = match value {
+                Value::Null => Map::new(),
+                Value::Object(settings) => settings,
+                other => {
+                    return Err(config
+                        .invalid(&key, format!("expected a mapping, got {}", kind_of(&other))))
+                }
+            };
+            let mut section = Section::default();
+            if let Some(v) = settings.remove("enabled") {
+                section.enabled = serde_json::from_value(v)
+                    .map_err(|e| config.invalid(&format!("{key}.enabled"), e.to_string()))?;
+            }
+            if let Some(v) = settings.remove("enforcement") {
+                section.enforcement = serde_json::from_value(v)
+                    .map_err(|e| config.invalid(&format!("{key}.enforcement"), e.to_string()))?;
+            }
+            section.settings = settings;
+            config.sections.insert(key, section);
+        }
         Ok(config)
     }
 
-    fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_string(),
-            key,
+    /// The section written under `key`, or its defaults.
+    pub fn section(&self, key: &str) -> &Section {
+        self.sections.get(key).unwrap_or(&DEFAULT_SECTION)
+    }
+
+    /// The keys of the sections the file has, in the file's spelling.
+    pub fn section_keys(&self) -> impl Iterator<Item = &str> {
+        self.sections.keys().map(String::as_str)
+    }
+
+    /// The file, for error messages: its path, or `(defaults)`.
+    pub fn source(&self) -> &str {
+        if self.source.is_empty() {
+            "(defaults)"
+        } else {
+            &self.source
+        }
+    }
+
+    /// An error about `key` (a section, or `section.key`) in this file.
+    pub fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source().to_string(),
+            key: key.to_string(),
             message,
-        };
-        let l = &self.lease;
-        if l.annotations.iter().any(|a| a.is_empty() || a.len() > 317) {
-            return Err(invalid(
-                "lease.annotations",
-                "keys must be non-empty annotation keys".into(),
-            ));
         }
-        if l.env_names.iter().any(String::is_empty) {
-            return Err(invalid("lease.envNames", "names must be non-empty".into()));
-        }
-        if let Some(f) = l
-            .flags
-            .iter()
-            .find(|f| !f.starts_with('-') || f.contains('='))
-        {
-            return Err(invalid(
-                "lease.flags",
-                format!("{f:?} must start with '-' and contain no '='"),
-            ));
-        }
-        if !(1..=15).contains(&self.dns.ndots) {
-            return Err(invalid(
-                "dns.ndots",
-                format!(
-                    "{} is out of range 1..=15 (the resolver caps ndots at 15)",
-                    self.dns.ndots
-                ),
-            ));
-        }
-        let p = &self.prestop;
-        if !(1..=3600).contains(&p.sleep_seconds) {
-            return Err(invalid(
-                "prestop.sleepSeconds",
-                format!("{} is out of range 1..=3600", p.sleep_seconds),
-            ));
-        }
-        if !(1..=3600).contains(&p.min_drain_seconds) {
-            return Err(invalid(
-                "prestop.minDrainSeconds",
-                format!(
-                    "{} is out of range 1..=3600; it must be at least 1 so that the grace period stays longer than the sleep",
-                    p.min_drain_seconds
-                ),
-            ));
-        }
-        Ok(())
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
     }
 }
 
@@ -382,19 +261,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_file_is_defaults() {
-        assert_eq!(Config::from_yaml("", "p").unwrap(), Config::default());
-        assert_eq!(
-            Config::from_yaml("# nothing\n", "p").unwrap(),
-            Config::default()
-        );
-        assert_eq!(Config::from_yaml("{}", "p").unwrap(), Config::default());
-    }
-
-    #[test]
-    fn the_example_file_spells_out_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.yaml");
-        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    fn empty_files_are_defaults() {
+        for text in ["", "# nothing\n", "{}", "~"] {
+            let c = Config::from_yaml(text, "p").unwrap();
+            assert_eq!(c.section_keys().count(), 0, "{text:?}");
+            assert_eq!(*c.section("dns"), Section::default());
+        }
     }
 
     #[test]
@@ -402,73 +274,48 @@ mod tests {
         let e = Config::from_bytes(b"dns:\n  ndots: 3 # \xff\n", "p.yaml").unwrap_err();
         assert!(matches!(e, ConfigError::NotUtf8 { .. }), "{e}");
         assert!(e.to_string().contains("p.yaml"), "{e}");
-        let c = Config::from_bytes(b"dns:\n  ndots: 3\n", "p.yaml").unwrap();
-        assert_eq!(c.dns.ndots, 3);
     }
 
     #[test]
-    fn partial_sections_keep_other_defaults() {
-        let c = Config::from_yaml("dns:\n  ndots: 3\nprestop:\n  mode: exec\n", "p").unwrap();
-        assert_eq!(c.dns.ndots, 3);
-        assert!(c.dns.enabled);
-        assert_eq!(c.prestop.mode, PrestopMode::Exec);
-        assert_eq!(c.prestop.sleep_seconds, 5);
-    }
-
-    #[test]
-    fn enforcement_is_per_policy_and_does_not_collide_with_mode() {
+    fn enabled_and_enforcement_are_every_section_s_and_the_rest_is_the_policy_s() {
         let c = Config::from_yaml(
-            "dns: {enforcement: report}\nprestop: {mode: exec, enforcement: report}\n",
+            "dns: {enforcement: report, ndots: 3}\nprestop: {enabled: false}\nrollout:\n",
             "p",
         )
         .unwrap();
-        assert_eq!(c.dns.enforcement, Enforcement::Report);
-        assert_eq!(c.prestop.enforcement, Enforcement::Report);
-        assert_eq!(c.prestop.mode, PrestopMode::Exec);
-        assert_eq!(c.lease.enforcement, Enforcement::Enforce);
-        assert_eq!(c.rollout.enforcement, Enforcement::Enforce);
-        for entry in crate::policy::ALL {
-            let report = ["dns", "prestop"].contains(&entry.name);
-            assert_eq!(
-                c.enforcement(entry.name) == Enforcement::Report,
-                report,
-                "{}",
-                entry.name
-            );
-        }
-        let e = Config::from_yaml("dns: {enforcement: watch}\n", "p")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown variant `watch`"), "{e}");
-        // `mode: report` is not an enforcement: it names what lease writes.
-        let e = Config::from_yaml("lease: {mode: report}\n", "p")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown variant `report`"), "{e}");
+        let dns = c.section("dns");
+        assert_eq!(dns.enforcement, Enforcement::Report);
+        assert!(dns.enabled);
+        assert_eq!(dns.settings.get("ndots"), Some(&serde_json::json!(3)));
+        assert!(!dns.settings.contains_key("enforcement"));
+        assert!(!c.section("prestop").enabled);
+        assert_eq!(*c.section("rollout"), Section::default());
+        assert_eq!(
+            c.section_keys().collect::<Vec<_>>(),
+            ["dns", "prestop", "rollout"]
+        );
     }
 
     #[test]
-    fn typos_and_bad_values_are_named() {
-        let e = Config::from_yaml("dns:\n  ndot: 3\n", "policy.yaml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown field `ndot`"), "{e}");
-        assert!(e.contains("policy.yaml"), "{e}");
-        let e = Config::from_yaml("dns:\n  ndots: 0\n", "p")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("dns.ndots"), "{e}");
-        let e = Config::from_yaml("prestop:\n  minDrainSeconds: 0\n", "p")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("prestop.minDrainSeconds"), "{e}");
-        let e = Config::from_yaml("lease:\n  mode: pods\n", "p")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown variant `pods`"), "{e}");
-        let e = Config::from_yaml("lease:\n  flags: [lease]\n", "p")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("lease.flags"), "{e}");
+    fn bad_shapes_and_values_name_the_file_and_the_key() {
+        for (text, key, says) in [
+            (
+                "dns: {enforcement: watch}\n",
+                "dns.enforcement",
+                "unknown variant `watch`",
+            ),
+            ("dns: {enabled: yes}\n", "dns.enabled", "expected a boolean"),
+            ("dns: [1]\n", "dns", "expected a mapping, got a list"),
+            ("- dns\n", "(top level)", "expected a mapping of sections"),
+        ] {
+            let e = Config::from_yaml(text, "policy.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("policy.yaml"), "{e}");
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let e = Config::from_yaml("dns:\n  ndots: 2\n  ndots: 3\n", "p").unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
     }
 }

@@ -28,6 +28,7 @@
 //! preview`, on manifests instead of AdmissionReviews; `audit` runs it over a
 //! whole cluster dump, and `POST /report` runs it without patching.
 
+pub mod annotations;
 pub mod audit;
 pub mod budget;
 pub mod certs;
@@ -47,12 +48,3 @@ pub mod selector;
 pub mod server;
 pub mod view;
 pub mod yaml;
-
-/// Pod annotation holding a lease selector (configurable: `lease.annotations`).
-pub const LEASE_SELECTOR_ANNOTATION: &str = "calmplane.dev/lease-selector";
-/// Pod (template) annotation `deployment/<name>`: this pod's Deployment is hot.
-pub const LEASE_SCOPE_ANNOTATION: &str = "calmplane.dev/lease-scope";
-/// Deployment annotation: unix times of the template changes in the last hour.
-pub const ROLLOUTS_ANNOTATION: &str = "calmplane.dev/rollouts";
-/// Object annotation: `all`, or a comma list of policy names to turn off.
-pub const SKIP_ANNOTATION: &str = "calmplane.dev/skip";

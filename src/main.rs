@@ -266,7 +266,7 @@ fn run_preview(args: PreviewArgs) -> Result<()> {
     } else {
         body = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file))?;
     }
-    let pipeline = Pipeline::new(&config, Arc::new(SystemClock));
+    let pipeline = Pipeline::new(&config, Arc::new(SystemClock))?;
     let bounds = preview::Bounds::NONE;
     let result = preview::preview(&pipeline, &body, args.namespace.as_deref(), &bounds)?;
     print!("{}", preview::render(&result, &bounds)?);

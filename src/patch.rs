@@ -64,7 +64,7 @@ impl Edit {
 #[derive(Debug, Clone, Copy)]
 enum Writable<'r> {
     Whole,
-    View(&'static crate::view::Shape, &'r crate::view::Reads),
+    View(&'r crate::view::Shape, &'r crate::view::Keys),
 }
 
 /// An object being edited, plus the operations and notes that describe the edit.
@@ -121,15 +121,11 @@ impl<'r> Mutation<'r> {
         }
     }
 
-    /// Start editing `doc`, a view built with `shape` and `reads`: writes
+    /// Start editing `doc`, a view built with `shape` and `keys`: writes
     /// outside what it holds are refused (see the module docs).
-    pub fn in_view(
-        doc: Value,
-        shape: &'static crate::view::Shape,
-        reads: &'r crate::view::Reads,
-    ) -> Self {
+    pub fn in_view(doc: Value, shape: &'r crate::view::Shape, keys: &'r crate::view::Keys) -> Self {
         Mutation {
-            writable: Writable::View(shape, reads),
+            writable: Writable::View(shape, keys),
             ..Mutation::new(doc)
         }
     }
@@ -145,10 +141,10 @@ impl<'r> Mutation<'r> {
 
     /// Refuse a write the view does not hold; `true` if refused.
     fn outside_view(&mut self, path: &[&str]) -> bool {
-        let Writable::View(shape, reads) = self.writable else {
+        let Writable::View(shape, keys) = self.writable else {
             return false;
         };
-        if crate::view::holds(shape, reads, &self.doc, path) {
+        if crate::view::holds(shape, keys, &self.doc, path) {
             return false;
         }
         self.warn(format!(
@@ -450,12 +446,15 @@ mod tests {
 
     #[test]
     fn a_view_refuses_writes_it_does_not_hold() {
-        use crate::view::{Reads, POD};
-        let reads = Reads::new(&crate::config::Config::default());
+        use crate::view::{Keys, Shape};
+        let keys = Keys::new([crate::annotations::SKIP.to_string()], []);
+        let shape = Shape::at(&["metadata", "annotations"], Shape::Annotations)
+            .merge(Shape::at(&["spec", "dnsConfig"], Shape::All))
+            .merge(Shape::at(&["spec", "containers", "*", "name"], Shape::All));
         // The view of a Pod whose spec has volumes nobody read.
         let view =
             json!({"metadata": {"annotations": {}}, "spec": {"containers": [{"name": "c"}]}});
-        let mut m = Mutation::in_view(view.clone(), &POD, &reads);
+        let mut m = Mutation::in_view(view.clone(), &shape, &keys);
         m.begin("future-policy");
         assert_eq!(m.set(&["spec", "volumes"], json!([]), "m"), Edit::Refused);
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Runs the policies over one object and collects the result.
 //!
 //! ```text
-//! object (serde_json::Value, owned)
+//! object (serde_json::Value, owned; or a view of it)
 //!   └─ for each policy that handles (kind, operation) and is not skipped:
 //!        policy.apply(&ctx, &mut Mutation)     // edits in place, records ops
 //!   └─ Outcome { object, patch ops, changes, warnings, policies }
@@ -10,9 +10,10 @@
 //! The pipeline knows nothing of HTTP or AdmissionReview; `review` and
 //! `preview` wrap it.
 
-use crate::config::Config;
+use crate::annotations::{self, Skip};
+use crate::config::{Config, ConfigError, Enforcement};
 use crate::patch::{str_at, Change, Mutation};
-use crate::policy::{self, Context, Kind, Policy};
+use crate::policy::{self, Context, Policy, Reads};
 use json_patch::PatchOperation;
 use serde_json::Value;
 use std::sync::Arc;
@@ -48,8 +49,8 @@ impl Clock for FixedClock {
 /// The enabled policies, built once per policy file and shared by every request.
 pub struct Pipeline {
     policies: Vec<Box<dyn Policy>>,
-    /// What these policies read, for the view `/mutate` builds.
-    reads: crate::view::Reads,
+    /// What these policies read, merged: the view `/mutate` builds.
+    reads: Reads,
     /// Names of the policies in `enforcement: report`: run, never patched.
     report_only: Vec<&'static str>,
     clock: Arc<dyn Clock>,
@@ -100,60 +101,62 @@ impl Outcome {
     }
 }
 
-/// The request facts the pipeline needs, independent of how they arrived.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    /// Picks the policies that run: each handles only some kinds.
-    pub kind: Kind,
-    /// Picks the policies that run: some only act on CREATE, some on UPDATE.
-    pub operation: kube::core::admission::Operation,
-    /// The request's namespace, which is authoritative: the object's own
-    /// metadata may leave it to the URL. Falls back to the object's.
-    pub namespace: Option<&'a str>,
-    /// The object before an UPDATE, so a policy can tell what the update changes.
-    pub old_object: Option<&'a Value>,
-    /// The pod templates of a Deployment UPDATE as text, which
-    /// `rollout-history` compares. Required when `object` and `old_object`
-    /// are views ([`crate::view`]), whose templates are not all there; when
-    /// `None`, the templates of the two values are compared.
-    pub templates: Option<crate::view::Templates<'a>>,
-}
-
 impl Pipeline {
-    /// The policies the policy file enables, in [`policy::ALL`] order.
-    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
-        let policies = policy::ALL
-            .iter()
-            .filter_map(|entry| (entry.build)(config))
-            .collect();
-        let report_only = policy::ALL
-            .iter()
-            .map(|entry| entry.name)
-            .filter(|name| config.enforcement(name) == crate::config::Enforcement::Report)
-            .collect();
-        Pipeline {
+    /// The policies the policy file enables, in [`policy::ALL`] order, and
+    /// what they read. Fails on a section or a setting no policy accepts.
+    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        let mut policies = Vec::new();
+        let mut reads = Reads::base();
+        let mut report_only = Vec::new();
+        for configured in policy::configure(config)? {
+            if !configured.enabled {
+                continue;
+            }
+            let policy = configured.policy;
+            policy.reads(&mut reads);
+            if configured.enforcement == Enforcement::Report {
+                report_only.push(policy.name());
+            }
+            policies.push(policy);
+        }
+        Ok(Pipeline {
             policies,
-            reads: crate::view::Reads::new(config),
+            reads,
             report_only,
             clock,
-        }
+        })
     }
 
-    /// A pipeline of exactly these policies (tests inject their own). What
-    /// they read is unknown, so a view of an object keeps every annotation
-    /// and variable.
+    /// A pipeline of exactly these policies (tests inject their own). The
+    /// view of an object keeps everything, so that a policy that declares
+    /// less than it reads is caught by the tests that compare views with
+    /// whole objects, not here.
     pub fn from_policies(policies: Vec<Box<dyn Policy>>, clock: Arc<dyn Clock>) -> Self {
         Pipeline {
             policies,
-            reads: crate::view::Reads::everything(),
+            reads: Reads::everything(),
             report_only: Vec::new(),
             clock,
         }
     }
 
     /// What the policies read, for [`review::parse`](crate::review::parse).
-    pub fn reads(&self) -> &crate::view::Reads {
+    pub fn reads(&self) -> &Reads {
         &self.reads
+    }
+
+    /// The policies that run, in order.
+    pub fn policies(&self) -> impl Iterator<Item = &dyn Policy> {
+        self.policies.iter().map(|p| &**p)
+    }
+
+    /// The policy of type `P`, if it runs: for a caller that needs one
+    /// policy's own methods (`calmplane audit` and the `lease` policy's
+    /// selectors).
+    pub fn policy<P: Policy>(&self) -> Option<&P> {
+        self.policies
+            .iter()
+            .find_map(|p| (&**p as &dyn std::any::Any).downcast_ref::<P>())
     }
 
     /// The unix time the pipeline's clock reads now.
@@ -164,59 +167,55 @@ impl Pipeline {
     /// The policies of an empty policy file, on the wall clock.
     pub fn with_defaults() -> Self {
         Pipeline::new(&Config::default(), Arc::new(SystemClock))
+            .expect("the defaults are a valid policy file")
     }
 
-    /// Run every policy that handles `req` and is not skipped by the object's
+    /// Run every policy that handles `ctx` and is not skipped by the object's
     /// `calmplane.dev/skip` annotation. Never fails: a policy that cannot act
     /// leaves the object alone and says why in the warnings.
-    pub fn run(&self, req: &Request<'_>, object: Value) -> Outcome {
-        self.run_on(req, Mutation::new(object))
+    pub fn run(&self, ctx: &Context<'_>, object: Value) -> Outcome {
+        self.run_on(ctx, Mutation::new(object))
     }
 
-    /// [`Pipeline::run`] on a view of the object built with `shape` and this
-    /// pipeline's [`reads`](Pipeline::reads): writes outside the view are
-    /// refused ([`Mutation::in_view`]).
-    pub fn run_in_view(
-        &self,
-        req: &Request<'_>,
-        view: Value,
-        shape: &'static crate::view::Shape,
-    ) -> Outcome {
-        self.run_on(req, Mutation::in_view(view, shape, &self.reads))
+    /// [`Pipeline::run`] on a view of the object, built with the shape of
+    /// this pipeline's [`reads`](Pipeline::reads) for its kind: writes
+    /// outside the view are refused ([`Mutation::in_view`]).
+    pub fn run_in_view(&self, ctx: &Context<'_>, view: Value) -> Outcome {
+        let shape = self.reads.shape_of(Some(ctx.kind));
+        self.run_on(
+            ctx,
+            Mutation::in_view(view, shape, self.reads.keys_to_build()),
+        )
     }
 
-    fn run_on(&self, req: &Request<'_>, mut m: Mutation<'_>) -> Outcome {
+    fn run_on(&self, req: &Context<'_>, mut m: Mutation<'_>) -> Outcome {
         let object = m.doc();
         let namespace = req
             .namespace
             .filter(|ns| !ns.is_empty())
             .or_else(|| str_at(object, &["metadata", "namespace"]).filter(|ns| !ns.is_empty()))
             .map(str::to_string);
-        let skip_value = str_at(object, &["metadata", "annotations", crate::SKIP_ANNOTATION])
-            .map(str::to_string);
-        let skip = Skip::parse(skip_value.as_deref());
+        let skip_value =
+            str_at(object, &["metadata", "annotations", annotations::SKIP]).map(str::to_string);
         let ctx = Context {
-            kind: req.kind,
-            operation: req.operation.clone(),
             namespace: namespace.as_deref(),
-            old_object: req.old_object,
-            templates: req.templates,
             now: self.clock.now_unix(),
+            ..req.clone()
         };
-        if let Some(value) = skip_value.as_deref() {
-            let unknown = unknown_skip_names(value);
-            if !unknown.is_empty() {
-                m.warn(format!(
-                    "calmplane: {} names unknown policies {unknown:?}; known: all, {}",
-                    crate::SKIP_ANNOTATION,
-                    policy::NAMES.join(", ")
-                ));
-            }
+        let skip = Skip::parse(skip_value.as_deref());
+        let unknown = skip.unknown(policy::is_name);
+        if !unknown.is_empty() {
+            let known: Vec<&str> = policy::names().collect();
+            m.warn(format!(
+                "calmplane: {} names unknown policies {unknown:?}; known: all, {}",
+                annotations::SKIP,
+                known.join(", ")
+            ));
         }
         let mut applied = Vec::new();
         let mut reported = Reported::default();
         for policy in &self.policies {
-            if !policy.handles(req.kind, &req.operation) || skip.skips(policy.name()) {
+            if !policy.handles(ctx.kind, &ctx.operation) || skip.skips(policy.name()) {
                 continue;
             }
             if self.report_only.contains(&policy.name()) {
@@ -250,38 +249,4 @@ impl Pipeline {
             reported,
         }
     }
-}
-
-/// The `calmplane.dev/skip` annotation: `all`, or a comma list of policy names.
-enum Skip<'a> {
-    None,
-    All,
-    Some(&'a str),
-}
-
-impl<'a> Skip<'a> {
-    fn parse(value: Option<&'a str>) -> Skip<'a> {
-        match value.map(str::trim) {
-            None | Some("") => Skip::None,
-            Some(v) if v.split(',').any(|p| p.trim() == "all") => Skip::All,
-            Some(v) => Skip::Some(v),
-        }
-    }
-
-    fn skips(&self, policy: &str) -> bool {
-        match self {
-            Skip::None => false,
-            Skip::All => true,
-            Skip::Some(list) => list.split(',').any(|p| p.trim() == policy),
-        }
-    }
-}
-
-/// Policy names in `calmplane.dev/skip` that match no policy (likely typos).
-pub fn unknown_skip_names(value: &str) -> Vec<&str> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && *p != "all" && !policy::NAMES.contains(p))
-        .collect()
 }

@@ -14,8 +14,8 @@
 
 use crate::clip::Clipped;
 use crate::patch::{lookup, str_at, Change};
-use crate::pipeline::{Outcome, Pipeline, Request};
-use crate::policy::Kind;
+use crate::pipeline::{Outcome, Pipeline};
+use crate::policy::{Context, Kind};
 use crate::review;
 use crate::view::{self, Budget};
 use kube::core::admission::Operation;
@@ -241,7 +241,7 @@ fn preview_review(
     let text = serde_json::to_vec(&doc).map_err(review::ReviewError::NotJson)?;
     drop(doc);
     let budget = Budget::new(bounds.tree_bytes);
-    let request = review::parse_with(&text, crate::view::Extent::Whole, &budget)?;
+    let request = review::parse_with(&text, review::Extent::Whole, &budget)?;
     let namespace = request.namespace.clone();
     let review::Admission { summary, outcome } = review::admit(pipeline, request);
     let skipped = (summary.verdict == review::Verdict::Skipped).then(|| {
@@ -268,14 +268,8 @@ pub fn preview_object(pipeline: &Pipeline, object: Value, namespace: Option<&str
         .map(str::to_string);
     let (skipped, outcome) = match Kind::from_object(&object) {
         Some(kind) => {
-            let req = Request {
-                kind,
-                operation: Operation::Create,
-                namespace: namespace.as_deref(),
-                old_object: None,
-                templates: None,
-            };
-            (None, pipeline.run(&req, object))
+            let ctx = Context::new(kind, Operation::Create).in_namespace(namespace.as_deref());
+            (None, pipeline.run(&ctx, object))
         }
         None => {
             let api_version = Clipped(str_at(&object, &["apiVersion"]).unwrap_or(""));
@@ -343,14 +337,8 @@ fn template_preview(
     namespace: Option<&str>,
 ) -> Option<Box<Preview>> {
     let pod = pod_from_template(workload)?;
-    let req = Request {
-        kind: Kind::Pod,
-        operation: Operation::Create,
-        namespace,
-        old_object: None,
-        templates: None,
-    };
-    let mut preview = finish("Pod".to_string(), "CREATE", None, pipeline.run(&req, pod));
+    let ctx = Context::new(Kind::Pod, Operation::Create).in_namespace(namespace);
+    let mut preview = finish("Pod".to_string(), "CREATE", None, pipeline.run(&ctx, pod));
     preview.namespace = namespace.map(str::to_string);
     Some(Box::new(preview))
 }

@@ -11,9 +11,9 @@
 //! its `AdmissionResponse.patch` serialises as an array of numbers, while the
 //! apiserver expects the documented base64 string.
 
-use crate::pipeline::{Outcome, Pipeline, Request};
-use crate::policy::Kind;
-use crate::view::{self, Extent, Reads, Shape, Templates};
+use crate::pipeline::{Outcome, Pipeline};
+use crate::policy::{Context, Kind, Reads, Templates};
+use crate::view::{self, Keys, Shape};
 use kube::core::admission::Operation;
 use kube::core::GroupVersionKind;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -82,6 +82,17 @@ struct ReviewIn<'a> {
     api_version: Option<Cow<'a, str>>,
     kind: Option<Cow<'a, str>>,
     request: Option<RequestIn<'a>>,
+}
+
+/// How much of an admitted object to build.
+#[derive(Debug, Clone, Copy)]
+pub enum Extent<'r> {
+    /// Only what the policies read: `/mutate` and `/report`, which answer
+    /// with a patch. The pipeline says what its policy file makes them read.
+    Read(&'r Reads),
+    /// Everything: `/preview` and `calmplane preview`, which show the whole
+    /// patched object.
+    Whole,
 }
 
 /// How to build an object: its extent and what building it may cost.
@@ -202,10 +213,10 @@ impl<'a> RequestWire<'a> {
         use de::Error as _;
         let missing = serde_json::Error::missing_field;
         let kind = self.kind.ok_or_else(|| missing("kind"))?;
-        let (shape, reads) = shape(how.extent, &kind);
+        let (shape, keys) = shape(how.extent, &kind);
         let build = |object: Option<ObjectIn<'a>>| match object {
             Some(ObjectIn::Text(text)) => {
-                view::parse(text.get(), shape, reads, how.budget).map(Some)
+                view::parse(text.get(), shape, keys, how.budget).map(Some)
             }
             Some(ObjectIn::Built(parsed)) => Ok(Some(parsed)),
             None => Ok(None),
@@ -221,12 +232,8 @@ impl<'a> RequestWire<'a> {
             }),
             _ => None,
         };
-        let view = match how.extent {
-            Extent::Read(_) => Some(shape),
-            Extent::Whole => None,
-        };
         Ok(RequestIn {
-            view,
+            view: matches!(how.extent, Extent::Read(_)),
             uid: self.uid.ok_or_else(|| missing("uid"))?,
             kind,
             sub_resource: self.sub_resource,
@@ -288,18 +295,20 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_> {
         let Some(kind) = self.1 else {
             return Ok(Option::<&RawValue>::deserialize(d)?.map(ObjectIn::Text));
         };
-        let (shape, reads) = shape(self.0.extent, kind);
-        let built = OrNull(view::Seed(shape, reads, self.0.budget)).deserialize(d)?;
+        let (shape, keys) = shape(self.0.extent, kind);
+        let built = OrNull(view::Seed(shape, keys, self.0.budget)).deserialize(d)?;
         Ok(built.map(ObjectIn::Built))
     }
 }
 
-/// What to build of an object of `kind`, and what its policies read.
-fn shape<'r>(extent: Extent<'r>, kind: &GroupVersionKind) -> (&'static Shape, &'r Reads) {
-    match (extent, Kind::of(kind)) {
-        (Extent::Whole, _) => (&Shape::All, view::EVERYTHING),
-        (Extent::Read(reads), Some(kind)) => (kind.shape(), reads),
-        (Extent::Read(reads), None) => (&view::OTHER, reads),
+/// [`Shape::All`], for [`Extent::Whole`].
+static WHOLE: Shape = Shape::All;
+
+/// What to build of an object of `kind`, and which annotations and variables.
+fn shape<'r>(extent: Extent<'r>, kind: &GroupVersionKind) -> (&'r Shape, &'r Keys) {
+    match extent {
+        Extent::Whole => (&WHOLE, view::EVERYTHING),
+        Extent::Read(reads) => (reads.shape_of(Kind::of(kind)), reads.keys_to_build()),
     }
 }
 
@@ -330,9 +339,9 @@ pub struct RequestIn<'a> {
     /// Both pod templates of a Deployment UPDATE, as text, for
     /// `rollout-history` to compare.
     pub templates: Option<Templates<'a>>,
-    /// The shape `object` was built with when it is a view ([`Extent::Read`]):
-    /// the pipeline then refuses writes the view does not hold.
-    pub view: Option<&'static Shape>,
+    /// Whether `object` is a view ([`Extent::Read`]): the pipeline then
+    /// refuses writes the view does not hold.
+    pub view: bool,
 }
 
 /// How a request ended, for metrics and the log line.
@@ -617,16 +626,13 @@ pub fn admit(pipeline: &Pipeline, request: RequestIn<'_>) -> Admission {
     };
     let outcome = match (kind, object, operation) {
         (Some(kind), Some(object), Some(operation)) if mutable && object.is_object() => {
-            let req = Request {
-                kind,
-                operation,
-                namespace: namespace.as_deref(),
-                old_object: old_object.as_ref(),
-                templates,
-            };
-            let outcome = match view {
-                Some(shape) => pipeline.run_in_view(&req, object, shape),
-                None => pipeline.run(&req, object),
+            let ctx = Context::new(kind, operation)
+                .in_namespace(namespace.as_deref())
+                .replacing(old_object.as_ref(), templates);
+            let outcome = if view {
+                pipeline.run_in_view(&ctx, object)
+            } else {
+                pipeline.run(&ctx, object)
             };
             summary.verdict = if outcome.patch.is_empty() {
                 Verdict::Unchanged
@@ -729,7 +735,7 @@ mod tests {
     }
 
     fn reads() -> Reads {
-        Reads::new(&crate::config::Config::default())
+        Pipeline::with_defaults().reads().clone()
     }
 
     #[test]
@@ -815,7 +821,7 @@ mod tests {
     #[test]
     fn policy_names_need_no_escaping() {
         // The response writes them into a JSON string as they are.
-        for name in crate::policy::NAMES {
+        for name in crate::policy::names() {
             assert!(
                 name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
                 "{name}"

@@ -411,7 +411,12 @@ fn json_output_has_exactly_the_documented_keys() {
             "deploymentsWithoutPdb"
         ]
     );
-    let policies = ["lease", "dns", "prestop", "rollout", "rollout-history"];
+    // A count for every policy, in the policies' order.
+    let policies: Vec<&str> = calmplane::policy::names().collect();
+    assert_eq!(
+        policies,
+        ["lease", "rollout-history", "dns", "prestop", "rollout"]
+    );
     assert_eq!(keys(&v["changes"]), policies);
     assert_eq!(keys(&v["namespaces"][0]["changes"]), policies);
     assert_eq!(keys(&v["leases"]), ["before", "after"]);

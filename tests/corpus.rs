@@ -8,8 +8,8 @@
 //! yield no patch.
 
 use calmplane::config::Config;
-use calmplane::pipeline::{FixedClock, Pipeline, Request};
-use calmplane::policy::Kind;
+use calmplane::pipeline::{FixedClock, Pipeline};
+use calmplane::policy::{Context, Kind};
 use calmplane_testkit::harness::*;
 use calmplane_testkit::pychecks;
 use calmplane_testkit::review::view_matches_whole;
@@ -105,13 +105,9 @@ impl Runner {
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or("corpus");
         if let Some(kind) = Kind::from_object(object) {
             let operation = calmplane::review::parse_operation(operation).expect("known operation");
-            let request = Request {
-                kind,
-                operation: operation.clone(),
-                namespace: Some(namespace),
-                old_object: old,
-                templates: None,
-            };
+            let request = Context::new(kind, operation.clone())
+                .in_namespace(Some(namespace))
+                .replacing(old, None);
             let whole = self.pipeline.run(&request, object.clone());
             let operation = calmplane::review::operation_str(&operation);
             let namespace = Some(namespace);
@@ -257,7 +253,7 @@ async fn every_corpus_manifest_goes_through_mutate_over_tls() {
         uid: 0,
         mutated: BTreeSet::new(),
         allowed_untouched: 0,
-        pipeline: Pipeline::new(&Config::default(), Arc::new(FixedClock(1_800_000_000))),
+        pipeline: Pipeline::new(&Config::default(), Arc::new(FixedClock(1_800_000_000))).unwrap(),
     };
     let (mut pods, mut deployments, mut templates, mut reviews) = (0, 0, 0, 0);
 
@@ -309,7 +305,7 @@ async fn every_corpus_manifest_goes_through_mutate_over_tls() {
                     .admit(name, "UPDATE", &updated, Some(&patched), true)
                     .await;
                 assert!(
-                    after["metadata"]["annotations"][calmplane::ROLLOUTS_ANNOTATION].is_string(),
+                    after["metadata"]["annotations"][calmplane::annotations::ROLLOUTS].is_string(),
                     "{name}: template change not recorded"
                 );
             }

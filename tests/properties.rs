@@ -32,9 +32,9 @@
 //! A replay of the fuzz target's seed corpus, plus mutated variants, runs
 //! the same check as `fuzz/fuzz_targets/mutate.rs` on stable Rust.
 
-use calmplane::config::{Config, PrestopMode};
-use calmplane::pipeline::{FixedClock, Pipeline, Request};
-use calmplane::policy::Kind;
+use calmplane::config::Config;
+use calmplane::pipeline::{FixedClock, Pipeline};
+use calmplane::policy::{Context, Kind};
 use calmplane_testkit::{fuzz_check, review, seeds as fuzz_seeds};
 use kube::core::admission::Operation;
 use proptest::prelude::*;
@@ -539,20 +539,16 @@ fn namespace() -> BoxedStrategy<Option<&'static str>> {
 fn pipelines() -> &'static [Pipeline; 3] {
     static PIPELINES: OnceLock<[Pipeline; 3]> = OnceLock::new();
     PIPELINES.get_or_init(|| {
-        let clock = || Arc::new(FixedClock(NOW));
-        let default = Config::default();
-        let mut overriding = Config::default();
-        overriding.dns.r#override = true;
-        overriding.dns.ndots = 3;
-        overriding.rollout_history.hot_rollouts_per_hour = 2;
-        let mut exec = Config::default();
-        exec.prestop.mode = PrestopMode::Exec;
-        exec.prestop.sleep_seconds = 40;
-        exec.dns.single_request_reopen = false;
+        let pipeline = |yaml: &str| {
+            let config = Config::from_yaml(yaml, "test.yaml").expect("a valid policy file");
+            Pipeline::new(&config, Arc::new(FixedClock(NOW))).expect("a valid policy file")
+        };
         [
-            Pipeline::new(&default, clock()),
-            Pipeline::new(&overriding, clock()),
-            Pipeline::new(&exec, clock()),
+            pipeline(""),
+            pipeline("dns: {override: true, ndots: 3}\nrolloutHistory: {hotRolloutsPerHour: 2}\n"),
+            pipeline(
+                "prestop: {mode: exec, sleepSeconds: 40}\ndns: {singleRequestReopen: false}\n",
+            ),
         ]
     })
 }
@@ -689,13 +685,9 @@ fn check(
     input: &Value,
     old: Option<&Value>,
 ) -> Result<(), TestCaseError> {
-    let request = Request {
-        kind,
-        operation: operation.clone(),
-        namespace,
-        old_object: old,
-        templates: None,
-    };
+    let request = Context::new(kind, operation.clone())
+        .in_namespace(namespace)
+        .replacing(old, None);
     // 1. No panic (proptest reports a panic as a failure with the input).
     let first = pipeline.run(&request, input.clone());
 

@@ -15,11 +15,9 @@
 //!
 //! The larger count decides, and the judgement says which source it came from.
 
+use crate::annotations::{RolloutHistory, ROLLOUTS};
 use crate::patch::str_at;
 use serde_json::Value;
-
-/// The `rollout-history` window.
-pub const WINDOW_SECONDS: i64 = 3600;
 /// The annotation the Deployment controller numbers ReplicaSets with.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
@@ -77,7 +75,7 @@ pub fn judge(deployment: &Value, replicasets: &[&Value], now: i64, limit: u32) -
 }
 
 fn in_window(t: i64, now: i64) -> bool {
-    t <= now && now - t < WINDOW_SECONDS
+    RolloutHistory::in_window(t, now)
 }
 
 fn revision(obj: &Value) -> Option<u64> {
@@ -123,15 +121,8 @@ fn replicaset_rollouts(deployment: &Value, replicasets: &[&Value], now: i64) -> 
 }
 
 fn annotation_rollouts(deployment: &Value, now: i64) -> usize {
-    str_at(
-        deployment,
-        &["metadata", "annotations", crate::ROLLOUTS_ANNOTATION],
-    )
-    .unwrap_or("")
-    .split(',')
-    .filter_map(|t| t.trim().parse::<i64>().ok())
-    .filter(|t| in_window(*t, now))
-    .count()
+    let history = str_at(deployment, &["metadata", "annotations", ROLLOUTS]).unwrap_or("");
+    RolloutHistory::parse(history).count_at(now)
 }
 
 #[cfg(test)]
@@ -181,7 +172,7 @@ mod tests {
             NOW - 50,
             NOW + 10
         );
-        let d = json!({"metadata": {"annotations": {crate::ROLLOUTS_ANNOTATION: stamps}}});
+        let d = json!({"metadata": {"annotations": {ROLLOUTS: stamps}}});
         let j = judge(&d, &[], NOW, 1);
         assert_eq!((j.rollouts, j.source, j.hot), (2, Source::Annotation, true));
         let (a, b, c) = (rs(180, 1), rs(50, 2), rs(20, 3));

@@ -2,48 +2,55 @@
 //! namespace is opted in.
 //!
 //! ```text
-//! List (kubectl get ... -A -o json, or --live)   input::Inventory
-//!   └─ namespaces routed like the webhook          scope::Scope (from manifests/base/webhook.yaml)
-//!        ├─ every Deployment: Deployment CREATE    pipeline::Pipeline (the webhook's, --config)
+//! List (kubectl get ... -A -o json, or --live)   input::Inventory (cli.rs reads it)
+//!   └─ namespaces routed like the webhook          Namespaces, scope::Scope (manifests/base/webhook.yaml)
+//!        ├─ every Deployment: Deployment CREATE    Audit::deployments: pipeline::Pipeline (the webhook's)
 //!        │    hot or cold?                          hot::judge (ReplicaSets, calmplane.dev/rollouts)
+//!        │    what each policy forecasts            policy::Policy::forecast
 //!        │    covered by a PodDisruptionBudget?
-//!        └─ every Pod: Pod CREATE                   pipeline::Pipeline
-//!             lease selectors found and rewritten
+//!        └─ every Pod: Pod CREATE                   Audit::pods: pipeline::Pipeline
+//!             lease selectors found and rewritten   the lease policy's selectors
 //!   └─ Lease writes before and after               leases::totals (estimate, or --sample)
-//!   └─ table or JSON                               render
+//!   └─ the report                                  report::Report: changes by policy name
+//!   └─ table or JSON                               render (a column per policy of policy::ALL)
 //! ```
 //!
 //! The per-object changes are exactly the webhook's: the same [`Pipeline`]
-//! runs over the same objects. Two numbers are forecasts, and say so:
-//! `rollout-history` counts the Deployments whose lease scope the webhook
-//! would change at their next rollout (hot ones not yet scoped, cooled ones
-//! still scoped), and the Lease totals anticipate that hot Deployments' pods
-//! share one Lease per Deployment after that rollout.
+//! runs over the same objects, and the counts are kept by policy name, so a
+//! new policy is counted with no change here. Two numbers are forecasts, and
+//! say so: what a policy says it will change later
+//! ([`Policy::forecast`](crate::policy::Policy::forecast): `rollout-history`
+//! counts the Deployments whose lease scope the webhook would change at their
+//! next rollout), and the Lease totals, which anticipate that hot
+//! Deployments' pods share one Lease per Deployment after that rollout.
 
+pub mod cli;
 pub mod hot;
 pub mod input;
 pub mod leases;
 pub mod live;
 pub mod render;
+pub mod report;
 pub mod scope;
 
+pub use cli::{run, AuditArgs, Output};
+pub use report::{Changes, Details, HotDeployment, NamespaceReport, Report};
+
+use crate::annotations::{LeaseScope, Skip, LEASE_SCOPE};
 use crate::config::{Config, ConfigError};
 use crate::patch::str_at;
-use crate::pipeline::{FixedClock, Pipeline, Request};
-use crate::policy::{self, Kind};
+use crate::pipeline::{FixedClock, Pipeline};
+use crate::policy::{self, Context, Forecast, Kind};
 use crate::selector;
 use input::Inventory;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::admission::Operation;
 use kube::core::{Selector, SelectorExt};
-use leases::{Group, LeaseKey, LeaseTotals, Sample};
+use leases::{Group, LeaseKey, Sample};
 use scope::{labels_at, Labels, OptIn, Scope, NAMESPACE_NAME_LABEL};
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Why an audit could not run.
 #[derive(Debug, thiserror::Error)]
@@ -89,151 +96,6 @@ pub enum AuditError {
     Other(String),
 }
 
-/// `calmplane audit` options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AuditArgs {
-    /// The output of `kubectl get pods,deployments,replicasets,leases,namespaces,poddisruptionbudgets -A -o json` (a v1 List, JSON or YAML); `-` for stdin.
-    #[arg(
-        short = 'f',
-        long = "filename",
-        env = "CALMPLANE_AUDIT_FILE",
-        required_unless_present = "live",
-        conflicts_with = "live"
-    )]
-    pub file: Option<String>,
-    /// Read the same lists from the current kubeconfig context (get and list only).
-    #[arg(long, env = "CALMPLANE_AUDIT_LIVE")]
-    pub live: bool,
-    /// With --live: watch Leases this long and count real writes instead of estimating them.
-    #[arg(long, value_name = "DURATION", env = "CALMPLANE_AUDIT_SAMPLE", value_parser = humantime::parse_duration)]
-    pub sample: Option<Duration>,
-    /// Policy file (YAML), as given to `calmplane serve`. Built-in defaults apply without one.
-    #[arg(long, env = "CALMPLANE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Audit every namespace as if it were opted in (the webhook's exclusions still apply).
-    #[arg(short = 'A', long)]
-    pub all_namespaces: bool,
-    /// Output format.
-    #[arg(
-        short = 'o',
-        long,
-        value_enum,
-        default_value = "table",
-        env = "CALMPLANE_AUDIT_OUTPUT"
-    )]
-    pub output: Output,
-    /// The time to judge "the last hour" from (unix seconds or RFC 3339); default: now.
-    #[arg(long, env = "CALMPLANE_AUDIT_NOW")]
-    pub now: Option<String>,
-}
-
-/// `-o`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// A table per namespace, then lease totals and warnings.
-    Table,
-    /// The stable JSON documented in docs/audit.md.
-    Json,
-}
-
-/// Objects changed by each policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Changes {
-    /// Pods whose lease selectors are rewritten.
-    pub lease: usize,
-    /// Pods given ndots / single-request-reopen.
-    pub dns: usize,
-    /// Pods given a preStop sleep.
-    pub prestop: usize,
-    /// Deployments given `maxUnavailable: 0`.
-    pub rollout: usize,
-    /// Deployments whose lease scope changes at their next rollout.
-    #[serde(rename = "rollout-history")]
-    pub rollout_history: usize,
-}
-
-impl Changes {
-    fn add(&mut self, policy: &str) {
-        match policy {
-            policy::lease::NAME => self.lease += 1,
-            policy::dns::NAME => self.dns += 1,
-            policy::prestop::NAME => self.prestop += 1,
-            policy::rollout::NAME => self.rollout += 1,
-            policy::rollout_history::NAME => self.rollout_history += 1,
-            _ => {}
-        }
-    }
-
-    fn sum(&mut self, other: &Changes) {
-        self.lease += other.lease;
-        self.dns += other.dns;
-        self.prestop += other.prestop;
-        self.rollout += other.rollout;
-        self.rollout_history += other.rollout_history;
-    }
-}
-
-/// One namespace, in the JSON's stable shape.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct NamespaceReport {
-    /// The namespace.
-    pub name: String,
-    /// `"true"`, `"report"` or `"no"` (audited only under `--all-namespaces`).
-    pub opted_in: &'static str,
-    /// Pods the webhook would be called for.
-    pub pods: usize,
-    /// Of those, pods some policy would change.
-    pub pods_changed: usize,
-    /// Objects changed, by policy.
-    pub changes: Changes,
-    /// Lease selectors found in the pods (rewritten or not).
-    pub lease_selectors: usize,
-    /// Deployments that rolled out more than `hotRolloutsPerHour` in the last hour.
-    pub hot_deployments: Vec<String>,
-    /// Deployments no PodDisruptionBudget selects: `maxUnavailable: 0` does
-    /// not protect them from voluntary evictions.
-    pub deployments_without_pdb: Vec<String>,
-}
-
-/// A hot Deployment and the evidence, for the table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HotDeployment {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// Rollouts in the last hour and which source decided.
-    pub judgement: hot::Judgement,
-}
-
-/// The audit, in the JSON's stable shape (`details` is for the table only).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Report {
-    /// Audited namespaces, by name.
-    pub namespaces: Vec<NamespaceReport>,
-    /// The sum of every namespace's changes.
-    pub changes: Changes,
-    /// Lease writes before and after.
-    pub leases: LeaseTotals,
-    /// Input problems and the pipeline's warnings, grouped by message.
-    pub warnings: Vec<String>,
-    /// Evidence the table prints and the JSON leaves out.
-    #[serde(skip)]
-    pub details: Details,
-}
-
-/// What the table prints beyond the JSON.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Details {
-    /// Every hot Deployment with its evidence.
-    pub hot: Vec<HotDeployment>,
-    /// Namespaces in the input that are not opted in and were not audited.
-    pub not_opted_in: Vec<String>,
-    /// The `hotRolloutsPerHour` used.
-    pub hot_limit: u32,
-}
-
 /// How to audit.
 #[derive(Clone, Default)]
 pub struct Options {
@@ -245,62 +107,366 @@ pub struct Options {
     pub sample: Option<Sample>,
 }
 
-/// Run `calmplane audit` and return what it prints.
-pub fn run(args: &AuditArgs) -> Result<String, AuditError> {
-    // Checked here: clap's `requires` counts a flag's `false` default as present.
-    if args.sample.is_some() && !args.live {
-        return Err(AuditError::Other(
-            "--sample watches the cluster's Leases: it needs --live".into(),
-        ));
+/// Audit `inventory` with the webhook's pipeline for `config`.
+pub fn audit(inventory: Inventory, config: &Config, opts: &Options) -> Result<Report, AuditError> {
+    let scope = Scope::from_base()?;
+    let pipeline = Pipeline::new(config, Arc::new(FixedClock(opts.now)))?;
+    // Judged whether or not the policy runs: the report lists hot
+    // Deployments either way.
+    let limit =
+        policy::settings::<policy::rollout_history::RolloutHistory>(config)?.hot_rollouts_per_hour;
+    audit_with(inventory, &pipeline, limit, &scope, opts)
+}
+
+/// [`audit`] with a given pipeline, `hotRolloutsPerHour` and routing (the
+/// pipeline's clock is not used for hotness: `opts.now` is).
+pub fn audit_with(
+    inventory: Inventory,
+    pipeline: &Pipeline,
+    hot_limit: u32,
+    scope: &Scope,
+    opts: &Options,
+) -> Result<Report, AuditError> {
+    let Inventory {
+        namespaces,
+        pods,
+        deployments,
+        replicasets,
+        leases,
+        pdbs,
+        warnings: input_warnings,
+    } = inventory;
+    let mut audit = Audit {
+        pipeline,
+        opts,
+        hot_limit,
+        namespaces: Namespaces::new(&namespaces, scope, opts.all_namespaces),
+        owners: Owners::new(replicasets),
+        reports: BTreeMap::new(),
+        warnings: Warnings::default(),
+        hot: Vec::new(),
+        groups: BTreeMap::new(),
+    };
+    let pdbs = audit.pdb_selectors(&pdbs);
+    audit.deployments(deployments, &pdbs);
+    audit.pods(pods);
+    let rates = leases::Rates::new(&leases, opts.sample.as_ref());
+    let lease_totals = leases::totals(&leases, &rates, &audit.groups);
+    Ok(audit.finish(input_warnings, lease_totals))
+}
+
+/// The audit of one inventory, step by step.
+struct Audit<'p> {
+    pipeline: &'p Pipeline,
+    opts: &'p Options,
+    /// `hotRolloutsPerHour`, for [`hot::judge`].
+    hot_limit: u32,
+    namespaces: Namespaces<'p>,
+    owners: Owners,
+    reports: BTreeMap<String, NamespaceReport>,
+    warnings: Warnings,
+    /// Every hot Deployment, with its evidence.
+    hot: Vec<HotDeployment>,
+    /// The Leases whose writes move to a shared Lease, by the Lease they share.
+    groups: BTreeMap<Group, BTreeSet<LeaseKey>>,
+}
+
+/// Namespaces by name: their labels, and whether and how they are routed.
+struct Namespaces<'s> {
+    scope: &'s Scope,
+    all_namespaces: bool,
+    /// Labels, with the name label the apiserver always sets.
+    labels: HashMap<String, Labels>,
+    states: HashMap<String, NamespaceState>,
+    /// Namespaces that objects are in but the input has no Namespace object for.
+    missing: BTreeSet<String>,
+}
+
+/// One namespace as the audit sees it.
+struct NamespaceState {
+    opt_in: OptIn,
+    /// The labels routing is decided on (pretended under `--all-namespaces`).
+    routing: Labels,
+}
+
+impl<'s> Namespaces<'s> {
+    fn new(namespaces: &[Value], scope: &'s Scope, all_namespaces: bool) -> Self {
+        let mut labels = HashMap::new();
+        for ns in namespaces {
+            let name = name_of(ns);
+            let mut l = labels_at(ns, &["metadata", "labels"]);
+            l.entry(NAMESPACE_NAME_LABEL.to_string())
+                .or_insert_with(|| name.clone());
+            labels.insert(name, l);
+        }
+        Namespaces {
+            scope,
+            all_namespaces,
+            labels,
+            states: HashMap::new(),
+            missing: BTreeSet::new(),
+        }
     }
-    let config = Config::load_or_default(args.config.as_deref())?;
-    let now = match &args.now {
-        Some(s) => parse_now(s)?,
-        None => crate::pipeline::SystemClock.now_unix(),
-    };
-    let (inventory, sample) = if args.live {
-        live::collect(args.sample)?
-    } else {
-        let path = args.file.as_deref().unwrap_or("-");
-        let body = read_input(path)?;
-        (Inventory::from_bytes(&body)?, None)
-    };
-    let opts = Options {
-        all_namespaces: args.all_namespaces,
-        now,
-        sample,
-    };
-    let report = audit(inventory, &config, &opts)?;
-    match args.output {
-        Output::Table => Ok(render::table(&report)),
-        Output::Json => render::json(&report),
+
+    /// Whether `ns` is opted in, and the labels routing is decided on.
+    fn state_of(&mut self, ns: &str) -> (OptIn, Labels) {
+        let Namespaces {
+            scope,
+            all_namespaces,
+            labels,
+            states,
+            missing,
+        } = self;
+        let st = states.entry(ns.to_string()).or_insert_with(|| {
+            let labels = labels.get(ns).cloned().unwrap_or_else(|| {
+                missing.insert(ns.to_string());
+                Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())])
+            });
+            let opt_in = scope.opt_in(&labels);
+            let routing = if *all_namespaces {
+                scope.pretend(&labels)
+            } else {
+                labels
+            };
+            NamespaceState { opt_in, routing }
+        });
+        (st.opt_in, st.routing.clone())
+    }
+
+    /// Whether the webhook for `resource` is called for an object with
+    /// `labels` in `ns`, and whether `ns` is opted in.
+    fn routes(&mut self, resource: &str, ns: &str, labels: &Labels) -> Option<OptIn> {
+        let (opt_in, routing) = self.state_of(ns);
+        self.scope.route(resource, &routing, labels).map(|_| opt_in)
     }
 }
 
-use crate::pipeline::Clock as _;
-
-fn read_input(path: &str) -> Result<Vec<u8>, AuditError> {
-    use std::io::Read;
-    let mut body = Vec::new();
-    let result = if path == "-" {
-        std::io::stdin().read_to_end(&mut body).map(|_| ())
-    } else {
-        std::fs::read(path).map(|b| body = b)
-    };
-    result.map_err(|source| AuditError::Read {
-        path: path.to_string(),
-        source,
-    })?;
-    Ok(body)
+/// ReplicaSets by owning Deployment, and ReplicaSet -> Deployment for pods.
+struct Owners {
+    replicasets: HashMap<(String, String), Vec<Value>>,
+    deployment_of: HashMap<(String, String), String>,
 }
 
-/// Unix seconds, or an RFC 3339 time.
-pub fn parse_now(s: &str) -> Result<i64, AuditError> {
-    s.trim()
-        .parse::<i64>()
-        .ok()
-        .or_else(|| hot::unix_seconds(s.trim()))
-        .ok_or_else(|| AuditError::Now(s.to_string()))
+impl Owners {
+    fn new(replicasets: Vec<Value>) -> Owners {
+        let mut owners = Owners {
+            replicasets: HashMap::new(),
+            deployment_of: HashMap::new(),
+        };
+        for rs in replicasets {
+            let Some(d) = owner(&rs, "Deployment").map(str::to_string) else {
+                continue;
+            };
+            let ns = namespace_of(&rs);
+            owners
+                .deployment_of
+                .insert((ns.clone(), name_of(&rs)), d.clone());
+            owners.replicasets.entry((ns, d)).or_default().push(rs);
+        }
+        owners
+    }
+}
+
+impl Audit<'_> {
+    /// The namespace's report, made when the first object in it is audited.
+    fn report(&mut self, ns: &str, opt_in: OptIn) -> &mut NamespaceReport {
+        self.reports
+            .entry(ns.to_string())
+            .or_insert_with(|| NamespaceReport::new(ns, opt_in))
+    }
+
+    /// PodDisruptionBudget selectors by namespace. A PDB without a selector
+    /// selects nothing; `{}` selects every pod (policy/v1).
+    fn pdb_selectors(&mut self, pdbs: &[Value]) -> HashMap<String, Vec<Selector>> {
+        let mut selectors: HashMap<String, Vec<Selector>> = HashMap::new();
+        for pdb in pdbs {
+            let Some(raw) = pdb.pointer("/spec/selector").filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let parsed = serde_json::from_value::<LabelSelector>(raw.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|s| Selector::try_from(s).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(sel) => selectors.entry(namespace_of(pdb)).or_default().push(sel),
+                Err(e) => self.warnings.add(
+                    &format!("input: PodDisruptionBudget selector ignored: {e}"),
+                    &format!("{}/{}", namespace_of(pdb), name_of(pdb)),
+                ),
+            }
+        }
+        selectors
+    }
+
+    /// Every routed Deployment as a CREATE: what the policies change now,
+    /// what they forecast, whether it is hot and whether a PDB covers it.
+    fn deployments(&mut self, deployments: Vec<Value>, pdbs: &HashMap<String, Vec<Selector>>) {
+        for d in deployments {
+            let ns = namespace_of(&d);
+            let name = name_of(&d);
+            let labels = labels_at(&d, &["metadata", "labels"]);
+            let Some(opt_in) = self.namespaces.routes("deployments", &ns, &labels) else {
+                continue;
+            };
+            let key = (ns.clone(), name.clone());
+            let owned: Vec<&Value> = self
+                .owners
+                .replicasets
+                .get(&key)
+                .map(|v| v.iter().collect())
+                .unwrap_or_default();
+            let judgement = hot::judge(&d, &owned, self.opts.now, self.hot_limit);
+            let template_labels = labels_at(&d, &["spec", "template", "metadata", "labels"]);
+            let protected = pdbs
+                .get(&ns)
+                .is_some_and(|sels| sels.iter().any(|s| s.matches(&template_labels)));
+            let forecast = Forecast {
+                kind: Kind::Deployment,
+                object: &d,
+                hot: judgement.hot,
+            };
+            let skip = Skip::of(&d);
+            let forecasts: Vec<&'static str> = self
+                .pipeline
+                .policies()
+                .filter(|p| !skip.skips(p.name()) && p.forecast(&forecast))
+                .map(|p| p.name())
+                .collect();
+            let id = format!("Deployment {ns}/{name}");
+            let ctx = Context::new(Kind::Deployment, Operation::Create).in_namespace(Some(&ns));
+            let outcome = self.pipeline.run(&ctx, d);
+            for w in outcome.warnings.iter().chain(&outcome.reported.warnings) {
+                self.warnings.add(w, &id);
+            }
+            let r = self.report(&ns, opt_in);
+            for p in outcome.policies.iter().chain(&outcome.reported.policies) {
+                r.changes.add(p);
+            }
+            for p in forecasts {
+                r.changes.add(p);
+            }
+            if judgement.hot {
+                r.hot_deployments.push(name.clone());
+            }
+            if !protected {
+                r.deployments_without_pdb.push(name.clone());
+            }
+            if judgement.hot {
+                self.hot.push(HotDeployment {
+                    namespace: ns,
+                    name,
+                    judgement,
+                });
+            }
+        }
+    }
+
+    /// Every routed Pod as a CREATE: what the policies change, and which
+    /// Leases the `lease` policy's rewrite merges.
+    fn pods(&mut self, pods: Vec<Value>) {
+        let hot: HashSet<(String, String)> = self
+            .hot
+            .iter()
+            .map(|h| (h.namespace.clone(), h.name.clone()))
+            .collect();
+        for pod in pods {
+            let ns = namespace_of(&pod);
+            let labels = labels_at(&pod, &["metadata", "labels"]);
+            let Some(opt_in) = self.namespaces.routes("pods", &ns, &labels) else {
+                continue;
+            };
+            let selectors = self
+                .pipeline
+                .policy::<policy::lease::Lease>()
+                .map(|lease| lease.selectors(&pod))
+                .unwrap_or_default();
+            let deployment = owner(&pod, "ReplicaSet")
+                .and_then(|rs| self.owners.deployment_of.get(&(ns.clone(), rs.to_string())))
+                .cloned();
+            let scoped = str_at(&pod, &["metadata", "annotations", LEASE_SCOPE])
+                .and_then(LeaseScope::parse)
+                .map(|s| s.deployment.to_string());
+            let id = format!("Pod {ns}/{}", name_of(&pod));
+            let ctx = Context::new(Kind::Pod, Operation::Create).in_namespace(Some(&ns));
+            let outcome = self.pipeline.run(&ctx, pod);
+            for w in outcome.warnings.iter().chain(&outcome.reported.warnings) {
+                self.warnings.add(w, &id);
+            }
+            let r = self.report(&ns, opt_in);
+            r.pods += 1;
+            r.lease_selectors += selectors.len();
+            let mut changed = false;
+            let mut rewrote = false;
+            for p in outcome.policies.iter().chain(&outcome.reported.policies) {
+                r.changes.add(p);
+                changed = true;
+                rewrote |= *p == policy::lease::NAME;
+            }
+            if changed {
+                r.pods_changed += 1;
+            }
+            if rewrote {
+                let hot_deployment = deployment
+                    .filter(|d| hot.contains(&(ns.clone(), d.clone())))
+                    .or(scoped);
+                let group = match &hot_deployment {
+                    Some(d) => Group::Deployment(ns.clone(), d.clone()),
+                    None => Group::Namespace(ns.clone()),
+                };
+                let replaced = self.groups.entry(group).or_default();
+                for sel in &selectors {
+                    for lease in named_leases(sel) {
+                        if hot_deployment.as_deref() != Some(lease.as_str()) {
+                            replaced.insert((ns.clone(), lease));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The report: namespaces, totals, warnings, and what the table adds.
+    fn finish(self, input_warnings: Vec<String>, leases: leases::LeaseTotals) -> Report {
+        let Audit {
+            opts,
+            hot_limit,
+            namespaces,
+            reports,
+            warnings,
+            hot,
+            ..
+        } = self;
+        let mut all_warnings = input_warnings;
+        for ns in &namespaces.missing {
+            if opts.all_namespaces || reports.contains_key(ns) {
+                all_warnings.push(format!(
+                    "input: namespace {ns} has objects but no Namespace object: its labels are unknown, so it is taken as not opted in"
+                ));
+            }
+        }
+        all_warnings.extend(warnings.finish());
+        let mut not_opted_in: Vec<String> = namespaces
+            .labels
+            .keys()
+            .filter(|ns| !reports.contains_key(*ns))
+            .cloned()
+            .collect();
+        not_opted_in.sort();
+        let mut changes = Changes::default();
+        for r in reports.values() {
+            changes.sum(&r.changes);
+        }
+        Report {
+            namespaces: reports.into_values().collect(),
+            changes,
+            leases,
+            warnings: all_warnings,
+            details: Details {
+                hot,
+                not_opted_in,
+                hot_limit,
+            },
+        }
+    }
 }
 
 /// The controller owner of kind `kind`, by name.
@@ -362,319 +528,6 @@ impl Warnings {
                 format!("{m} ({}{more})", examples.join(", "))
             })
             .collect()
-    }
-}
-
-/// One namespace as the audit sees it.
-struct NamespaceState {
-    opt_in: OptIn,
-    /// The labels routing is decided on (pretended under `--all-namespaces`).
-    routing: Labels,
-}
-
-/// Audit `inventory` with the webhook's pipeline for `config`.
-pub fn audit(inventory: Inventory, config: &Config, opts: &Options) -> Result<Report, AuditError> {
-    let scope = Scope::from_base()?;
-    let pipeline = Pipeline::new(config, Arc::new(FixedClock(opts.now)));
-    audit_with(inventory, config, &pipeline, &scope, opts)
-}
-
-/// [`audit`] with a given pipeline and routing (the pipeline's clock is not
-/// used for hotness: `opts.now` is).
-pub fn audit_with(
-    inventory: Inventory,
-    config: &Config,
-    pipeline: &Pipeline,
-    scope: &Scope,
-    opts: &Options,
-) -> Result<Report, AuditError> {
-    let Inventory {
-        namespaces,
-        pods,
-        deployments,
-        replicasets,
-        leases,
-        pdbs,
-        warnings: input_warnings,
-    } = inventory;
-    let mut warnings = Warnings::default();
-
-    // Namespaces: labels, with the name label the apiserver always sets.
-    let mut namespace_labels: HashMap<String, Labels> = HashMap::new();
-    for ns in &namespaces {
-        let name = name_of(ns);
-        let mut labels = labels_at(ns, &["metadata", "labels"]);
-        labels
-            .entry(NAMESPACE_NAME_LABEL.to_string())
-            .or_insert_with(|| name.clone());
-        namespace_labels.insert(name, labels);
-    }
-    let mut states: HashMap<String, NamespaceState> = HashMap::new();
-    let mut missing_namespaces: BTreeSet<String> = BTreeSet::new();
-    let mut state_of = |ns: &str| -> (OptIn, Labels) {
-        let st = states.entry(ns.to_string()).or_insert_with(|| {
-            let labels = namespace_labels.get(ns).cloned().unwrap_or_else(|| {
-                missing_namespaces.insert(ns.to_string());
-                Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())])
-            });
-            let opt_in = scope.opt_in(&labels);
-            let routing = if opts.all_namespaces {
-                scope.pretend(&labels)
-            } else {
-                labels
-            };
-            NamespaceState { opt_in, routing }
-        });
-        (st.opt_in, st.routing.clone())
-    };
-
-    // ReplicaSets by owning Deployment, and ReplicaSet -> Deployment for pods.
-    let mut rs_by_deployment: HashMap<(String, String), Vec<Value>> = HashMap::new();
-    let mut deployment_of_rs: HashMap<(String, String), String> = HashMap::new();
-    for rs in replicasets {
-        let Some(d) = owner(&rs, "Deployment").map(str::to_string) else {
-            continue;
-        };
-        let ns = namespace_of(&rs);
-        deployment_of_rs.insert((ns.clone(), name_of(&rs)), d.clone());
-        rs_by_deployment.entry((ns, d)).or_default().push(rs);
-    }
-
-    // PodDisruptionBudget selectors by namespace. A PDB without a selector
-    // selects nothing; `{}` selects every pod (policy/v1).
-    let mut pdb_selectors: HashMap<String, Vec<Selector>> = HashMap::new();
-    for pdb in &pdbs {
-        let Some(raw) = pdb.pointer("/spec/selector").filter(|v| !v.is_null()) else {
-            continue;
-        };
-        let parsed = serde_json::from_value::<LabelSelector>(raw.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|s| Selector::try_from(s).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(sel) => pdb_selectors
-                .entry(namespace_of(pdb))
-                .or_default()
-                .push(sel),
-            Err(e) => warnings.add(
-                &format!("input: PodDisruptionBudget selector ignored: {e}"),
-                &format!("{}/{}", namespace_of(pdb), name_of(pdb)),
-            ),
-        }
-    }
-
-    let mut reports: BTreeMap<String, NamespaceReport> = BTreeMap::new();
-    let entry = |reports: &mut BTreeMap<String, NamespaceReport>, ns: &str, opt_in: OptIn| {
-        if !reports.contains_key(ns) {
-            reports.insert(
-                ns.to_string(),
-                NamespaceReport {
-                    name: ns.to_string(),
-                    opted_in: opt_in.as_str(),
-                    pods: 0,
-                    pods_changed: 0,
-                    changes: Changes::default(),
-                    lease_selectors: 0,
-                    hot_deployments: Vec::new(),
-                    deployments_without_pdb: Vec::new(),
-                },
-            );
-        }
-    };
-
-    let limit = config.rollout_history.hot_rollouts_per_hour;
-    let mut hot_list = Vec::new();
-    let mut hot_set: HashSet<(String, String)> = HashSet::new();
-    for d in deployments {
-        let ns = namespace_of(&d);
-        let name = name_of(&d);
-        let (opt_in, routing) = state_of(&ns);
-        let labels = labels_at(&d, &["metadata", "labels"]);
-        if scope.route("deployments", &routing, &labels).is_none() {
-            continue;
-        }
-        entry(&mut reports, &ns, opt_in);
-        let key = (ns.clone(), name.clone());
-        let owned: Vec<&Value> = rs_by_deployment
-            .get(&key)
-            .map(|v| v.iter().collect())
-            .unwrap_or_default();
-        let judgement = hot::judge(&d, &owned, opts.now, limit);
-        let template_labels = labels_at(&d, &["spec", "template", "metadata", "labels"]);
-        let protected = pdb_selectors
-            .get(&ns)
-            .is_some_and(|sels| sels.iter().any(|s| s.matches(&template_labels)));
-        let scope_changes = config.rollout_history.enabled
-            && !skips(&d, policy::rollout_history::NAME)
-            && lease_scope_changes(&d, &name, judgement.hot);
-        let id = format!("{ns}/{name}");
-        let outcome = pipeline.run(
-            &Request {
-                kind: Kind::Deployment,
-                operation: Operation::Create,
-                namespace: Some(&ns),
-                old_object: None,
-                templates: None,
-            },
-            d,
-        );
-        let r = reports.get_mut(&ns).expect("entry was created above");
-        for p in outcome.policies.iter().chain(&outcome.reported.policies) {
-            r.changes.add(p);
-        }
-        if scope_changes {
-            r.changes.add(policy::rollout_history::NAME);
-        }
-        for w in outcome.warnings.iter().chain(&outcome.reported.warnings) {
-            warnings.add(w, &format!("Deployment {id}"));
-        }
-        if judgement.hot {
-            r.hot_deployments.push(name.clone());
-            hot_set.insert(key);
-            hot_list.push(HotDeployment {
-                namespace: ns.clone(),
-                name: name.clone(),
-                judgement,
-            });
-        }
-        if !protected {
-            r.deployments_without_pdb.push(name);
-        }
-    }
-
-    let finder = policy::lease::Lease::new(config.lease.clone());
-    let mut groups: BTreeMap<Group, BTreeSet<LeaseKey>> = BTreeMap::new();
-    for pod in pods {
-        let ns = namespace_of(&pod);
-        let (opt_in, routing) = state_of(&ns);
-        let labels = labels_at(&pod, &["metadata", "labels"]);
-        if scope.route("pods", &routing, &labels).is_none() {
-            continue;
-        }
-        entry(&mut reports, &ns, opt_in);
-        let selectors = if config.lease.enabled {
-            finder.selectors(&pod)
-        } else {
-            Vec::new()
-        };
-        let deployment = owner(&pod, "ReplicaSet")
-            .and_then(|rs| deployment_of_rs.get(&(ns.clone(), rs.to_string())))
-            .cloned();
-        let scoped = str_at(
-            &pod,
-            &["metadata", "annotations", crate::LEASE_SCOPE_ANNOTATION],
-        )
-        .and_then(|v| v.strip_prefix("deployment/"))
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
-        let id = format!("Pod {ns}/{}", name_of(&pod));
-        let outcome = pipeline.run(
-            &Request {
-                kind: Kind::Pod,
-                operation: Operation::Create,
-                namespace: Some(&ns),
-                old_object: None,
-                templates: None,
-            },
-            pod,
-        );
-        let r = reports.get_mut(&ns).expect("entry was created above");
-        r.pods += 1;
-        r.lease_selectors += selectors.len();
-        let mut changed = false;
-        let mut rewrote = false;
-        for p in outcome.policies.iter().chain(&outcome.reported.policies) {
-            r.changes.add(p);
-            changed = true;
-            rewrote |= *p == policy::lease::NAME;
-        }
-        if changed {
-            r.pods_changed += 1;
-        }
-        for w in outcome.warnings.iter().chain(&outcome.reported.warnings) {
-            warnings.add(w, &id);
-        }
-        if rewrote {
-            let hot_deployment = deployment
-                .filter(|d| hot_set.contains(&(ns.clone(), d.clone())))
-                .or(scoped);
-            let group = match &hot_deployment {
-                Some(d) => Group::Deployment(ns.clone(), d.clone()),
-                None => Group::Namespace(ns.clone()),
-            };
-            let replaced = groups.entry(group).or_default();
-            for sel in &selectors {
-                for lease in named_leases(sel) {
-                    if hot_deployment.as_deref() != Some(lease.as_str()) {
-                        replaced.insert((ns.clone(), lease));
-                    }
-                }
-            }
-        }
-    }
-
-    let rates = leases::Rates::new(&leases, opts.sample.as_ref());
-    let lease_totals = leases::totals(&leases, &rates, &groups);
-
-    let mut all_warnings = input_warnings;
-    for ns in &missing_namespaces {
-        if opts.all_namespaces || reports.contains_key(ns) {
-            all_warnings.push(format!(
-                "input: namespace {ns} has objects but no Namespace object: its labels are unknown, so it is taken as not opted in"
-            ));
-        }
-    }
-    all_warnings.extend(warnings.finish());
-
-    let mut not_opted_in: Vec<String> = namespace_labels
-        .keys()
-        .filter(|ns| !reports.contains_key(*ns))
-        .cloned()
-        .collect();
-    not_opted_in.sort();
-
-    let mut changes = Changes::default();
-    for r in reports.values() {
-        changes.sum(&r.changes);
-    }
-    Ok(Report {
-        namespaces: reports.into_values().collect(),
-        changes,
-        leases: lease_totals,
-        warnings: all_warnings,
-        details: Details {
-            hot: hot_list,
-            not_opted_in,
-            hot_limit: limit,
-        },
-    })
-}
-
-/// Whether `calmplane.dev/skip` on `obj` turns `policy` off.
-fn skips(obj: &Value, policy: &str) -> bool {
-    str_at(obj, &["metadata", "annotations", crate::SKIP_ANNOTATION]).is_some_and(|v| {
-        v.split(',')
-            .map(str::trim)
-            .any(|p| p == "all" || p == policy)
-    })
-}
-
-/// Would `rollout-history` change this Deployment's lease scope at its next
-/// rollout? Hot and not yet scoped to itself, or cold and still scoped.
-fn lease_scope_changes(d: &Value, name: &str, hot: bool) -> bool {
-    let current = str_at(
-        d,
-        &[
-            "spec",
-            "template",
-            "metadata",
-            "annotations",
-            crate::LEASE_SCOPE_ANNOTATION,
-        ],
-    );
-    if hot {
-        current != Some(format!("deployment/{name}").as_str())
-    } else {
-        current.is_some()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The audit for humans (a table per namespace) and for machines (JSON).
 
 use super::{AuditError, Report};
+use crate::policy;
 use std::fmt::Write as _;
 
 /// The stable JSON (keys documented in docs/audit.md), pretty-printed.
@@ -57,22 +58,13 @@ pub fn table(report: &Report) -> String {
     if report.namespaces.is_empty() {
         out.push_str("No namespace is opted in (label one calmplane.dev/enabled=report, or pass --all-namespaces).\n");
     } else {
-        let mut rows = vec![[
-            "NAMESPACE",
-            "OPTED-IN",
-            "PODS",
-            "CHANGED",
-            "LEASE",
-            "DNS",
-            "PRESTOP",
-            "ROLLOUT",
-            "ROLLOUT-HISTORY",
-            "SELECTORS",
-            "HOT",
-            "NO-PDB",
-        ]
-        .map(String::from)
-        .to_vec()];
+        // A column per policy, from the one list of them.
+        let mut header: Vec<String> = ["NAMESPACE", "OPTED-IN", "PODS", "CHANGED"]
+            .map(String::from)
+            .to_vec();
+        header.extend(policy::ALL.iter().map(|e| e.name.to_uppercase()));
+        header.extend(["SELECTORS", "HOT", "NO-PDB"].map(String::from));
+        let mut rows = vec![header];
         let row = |name: &str,
                    opted: &str,
                    pods: usize,
@@ -81,20 +73,15 @@ pub fn table(report: &Report) -> String {
                    sel: usize,
                    hot: usize,
                    nopdb: usize| {
-            vec![
+            let mut row = vec![
                 name.to_string(),
                 opted.to_string(),
                 pods.to_string(),
                 changed.to_string(),
-                c.lease.to_string(),
-                c.dns.to_string(),
-                c.prestop.to_string(),
-                c.rollout.to_string(),
-                c.rollout_history.to_string(),
-                sel.to_string(),
-                hot.to_string(),
-                nopdb.to_string(),
-            ]
+            ];
+            row.extend(c.iter().map(|(_, n)| n.to_string()));
+            row.extend([sel.to_string(), hot.to_string(), nopdb.to_string()]);
+            row
         };
         for n in &report.namespaces {
             rows.push(row(
@@ -122,7 +109,11 @@ pub fn table(report: &Report) -> String {
             sum(|n| n.deployments_without_pdb.len()),
         ));
         out.push_str(&columns(&rows));
-        out.push_str("\nCHANGED: pods some policy would change. LEASE, DNS, PRESTOP: pods; ROLLOUT: Deployments given maxUnavailable: 0;\nROLLOUT-HISTORY: Deployments whose lease scope changes at their next rollout. SELECTORS: lease selectors found in pods.\n");
+        out.push_str("\nCHANGED: pods some policy would change.");
+        for entry in policy::ALL {
+            let _ = write!(out, " {}: {}.", entry.name.to_uppercase(), entry.counts);
+        }
+        out.push_str(" SELECTORS: lease selectors found in pods.\n");
     }
 
     let d = &report.details;

@@ -12,27 +12,78 @@
 //! An ndots the pod already sets is respected unless `override: true`. Windows
 //! pods are skipped: their resolver ignores these options.
 
-use super::{is_windows, Context, Kind, Policy};
-use crate::config::DnsConfig;
+use super::{is_windows, windows_reads, Context, Definition, Kind, Policy, Reads};
 use crate::patch::{lookup, Edit, Mutation};
+use crate::view::Shape;
 use kube::core::admission::Operation;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "dns";
 
+/// The `dns` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// The `ndots` option written into pods: low enough that external names
+    /// skip the search path, high enough that `svc.ns` still uses it.
+    pub ndots: u8,
+    /// Replace an ndots the pod sets itself.
+    pub r#override: bool,
+    /// Whether to add `single-request-reopen`, against the conntrack race
+    /// that loses an A or AAAA reply.
+    pub single_request_reopen: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ndots: 2,
+            r#override: false,
+            single_request_reopen: true,
+        }
+    }
+}
+
+impl super::Settings for Settings {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=15).contains(&self.ndots) {
+            return Err((
+                "ndots",
+                format!(
+                    "{} is out of range 1..=15 (the resolver caps ndots at 15)",
+                    self.ndots
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The policy.
 pub struct Dns {
-    cfg: DnsConfig,
+    cfg: Settings,
     /// `cfg.ndots` as the string dnsConfig wants, formatted once, not per pod.
     ndots: String,
 }
 
-impl Dns {
-    /// The policy for this `dns` section.
-    pub fn new(cfg: DnsConfig) -> Self {
+impl Definition for Dns {
+    const NAME: &'static str = NAME;
+    const SECTION: &'static str = "dns";
+    const COUNTS: &'static str = "pods given ndots and single-request-reopen";
+    type Settings = Settings;
+
+    fn new(cfg: Settings) -> Self {
         let ndots = cfg.ndots.to_string();
         Dns { cfg, ndots }
+    }
+}
+
+impl Dns {
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.cfg
     }
 
     fn message(&self, option: &Value) -> String {
@@ -47,13 +98,6 @@ impl Dns {
     }
 }
 
-/// The policy as the policy file configures it, unless disabled.
-pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
-    let cfg = &config.dns;
-    cfg.enabled
-        .then(|| Box::new(Dns::new(cfg.clone())) as Box<dyn Policy>)
-}
-
 impl Policy for Dns {
     fn name(&self) -> &'static str {
         NAME
@@ -61,6 +105,11 @@ impl Policy for Dns {
 
     fn handles(&self, kind: Kind, operation: &Operation) -> bool {
         kind == Kind::Pod && *operation == Operation::Create
+    }
+
+    fn reads(&self, reads: &mut Reads) {
+        windows_reads(reads);
+        reads.shape(Kind::Pod, Shape::at(&["spec", "dnsConfig"], Shape::All));
     }
 
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {

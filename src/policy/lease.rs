@@ -15,33 +15,97 @@
 //! Lease per Deployment. Selectors that do not parse are left alone, with a
 //! warning.
 
-use super::{containers, Context, Kind, Policy};
-use crate::config::{LeaseConfig, LeaseMode};
+use super::{containers, Context, Definition, Kind, Policy, Reads};
+use crate::annotations::{LeaseScope, LEASE_SCOPE, LEASE_SELECTOR};
 use crate::patch::{str_at, Mutation};
 use crate::selector::{self, Scope};
+use crate::view::Shape;
 use kube::core::admission::Operation;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "lease";
 
-/// The policy.
-pub struct Lease {
-    cfg: LeaseConfig,
+/// What the policy rewrites a per-pod selector to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseMode {
+    /// Rewrite `metadata.name=<pod>` to `metadata.namespace=<ns>`.
+    Namespace,
+    /// Leave selectors alone (one lease per pod).
+    Pod,
 }
 
-impl Lease {
-    /// The policy for this `lease` section.
-    pub fn new(cfg: LeaseConfig) -> Self {
-        Lease { cfg }
+/// The `lease` section. The selector can hide in three places in a pod, so
+/// each has its own list of names to look under.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// `namespace` rewrites; `pod` keeps the section but the policy does not run.
+    pub mode: LeaseMode,
+    /// Pod annotation keys whose value is a lease selector.
+    pub annotations: Vec<String>,
+    /// Container env var names whose `value` is a lease selector.
+    pub env_names: Vec<String>,
+    /// Container flags (`--flag=SEL` or `--flag SEL`) that take a lease selector.
+    pub flags: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: LeaseMode::Namespace,
+            annotations: vec![LEASE_SELECTOR.to_string()],
+            env_names: vec!["LEASE_SELECTOR".to_string()],
+            flags: vec!["--lease-selector".to_string()],
+        }
     }
 }
 
-/// The policy as the policy file configures it, unless disabled.
-pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
-    let cfg = &config.lease;
-    cfg.enabled
-        .then(|| Box::new(Lease::new(cfg.clone())) as Box<dyn Policy>)
+impl super::Settings for Settings {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self
+            .annotations
+            .iter()
+            .any(|a| a.is_empty() || a.len() > 317)
+        {
+            return Err((
+                "annotations",
+                "keys must be non-empty annotation keys".into(),
+            ));
+        }
+        if self.env_names.iter().any(String::is_empty) {
+            return Err(("envNames", "names must be non-empty".into()));
+        }
+        if let Some(f) = self
+            .flags
+            .iter()
+            .find(|f| !f.starts_with('-') || f.contains('='))
+        {
+            return Err((
+                "flags",
+                format!("{f:?} must start with '-' and contain no '='"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The policy.
+pub struct Lease {
+    cfg: Settings,
+}
+
+impl Definition for Lease {
+    const NAME: &'static str = NAME;
+    const SECTION: &'static str = "lease";
+    const COUNTS: &'static str = "pods whose lease selectors are rewritten";
+    type Settings = Settings;
+
+    fn new(cfg: Settings) -> Self {
+        Lease { cfg }
+    }
 }
 
 /// The longest selector the policy rewrites. A lease selector is a term or
@@ -83,6 +147,30 @@ impl Policy for Lease {
         kind == Kind::Pod
             && *operation == Operation::Create
             && self.cfg.mode == LeaseMode::Namespace
+    }
+
+    fn reads(&self, reads: &mut Reads) {
+        if self.cfg.mode != LeaseMode::Namespace {
+            return;
+        }
+        for list in ["containers", "initContainers"] {
+            reads.shape(
+                Kind::Pod,
+                Shape::at(&["spec", list, "*", "env"], Shape::EnvVars),
+            );
+            reads.shape(
+                Kind::Pod,
+                Shape::at(&["spec", list, "*", "args"], Shape::All),
+            );
+        }
+        reads.keys(
+            self.cfg
+                .annotations
+                .iter()
+                .cloned()
+                .chain([LEASE_SCOPE.to_string()]),
+            self.cfg.env_names.iter().cloned(),
+        );
     }
 
     fn apply(&self, ctx: &Context<'_>, m: &mut Mutation) {
@@ -131,16 +219,12 @@ impl Policy for Lease {
 
 /// The Deployment named by `calmplane.dev/lease-scope: deployment/<name>`, if any.
 fn hot_deployment(m: &mut Mutation) -> Option<String> {
-    let value = str_at(
-        m.doc(),
-        &["metadata", "annotations", crate::LEASE_SCOPE_ANNOTATION],
-    )?;
-    match value.strip_prefix("deployment/") {
-        Some(name) if !name.is_empty() => Some(name.to_string()),
-        _ => {
+    let value = str_at(m.doc(), &["metadata", "annotations", LEASE_SCOPE])?;
+    match LeaseScope::parse(value) {
+        Some(scope) => Some(scope.deployment.to_string()),
+        None => {
             let warning = format!(
-                "calmplane lease: ignoring {}={value:?}: expected deployment/<name>",
-                crate::LEASE_SCOPE_ANNOTATION
+                "calmplane lease: ignoring {LEASE_SCOPE}={value:?}: expected deployment/<name>"
             );
             m.warn(warning);
             None
@@ -225,7 +309,7 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{FixedClock, Pipeline, Request};
+    use crate::pipeline::{FixedClock, Pipeline};
     use serde_json::json;
     use std::sync::Arc;
 
@@ -233,20 +317,14 @@ mod tests {
     fn a_selector_longer_than_any_lease_selector_is_left_alone_with_a_warning() {
         let long = format!("metadata.name={}", "p".repeat(MAX_SELECTOR_BYTES));
         let pod = json!({
-            "metadata": {"annotations": {crate::LEASE_SELECTOR_ANNOTATION: long}},
+            "metadata": {"annotations": {LEASE_SELECTOR: long}},
             "spec": {"containers": [{"name": "c", "env": [{"name": "LEASE_SELECTOR", "value": "metadata.name=p"}]}]}
         });
         let pipeline = Pipeline::from_policies(
-            vec![Box::new(Lease::new(LeaseConfig::default()))],
+            vec![Box::new(Lease::new(Settings::default()))],
             Arc::new(FixedClock(0)),
         );
-        let request = Request {
-            kind: Kind::Pod,
-            operation: Operation::Create,
-            namespace: Some("ns"),
-            old_object: None,
-            templates: None,
-        };
+        let request = Context::new(Kind::Pod, Operation::Create).in_namespace(Some("ns"));
         let outcome = pipeline.run(&request, pod);
         // The short one is rewritten; the long one is not, and not quoted.
         assert_eq!(outcome.patch.len(), 1);

@@ -1,4 +1,19 @@
-//! The cluster policies, one module each, all behind [`Policy`].
+//! The cluster policies, one module each, all behind [`Policy`], and
+//! [`ALL`], the one list of them.
+//!
+//! A policy module owns everything about its policy, so that adding one is
+//! one new module and one line in [`ALL`]:
+//!
+//! * its name, in `calmplane.dev/skip`, metrics, logs and reports
+//!   ([`Definition::NAME`]);
+//! * its section of the policy file: the key, its settings with their
+//!   defaults and checks ([`Definition::SECTION`], [`Definition::Settings`]);
+//!   `enabled` and `enforcement` are every section's ([`crate::config`]);
+//! * what it reads of the objects it handles ([`Policy::reads`]), which the
+//!   pipeline merges into the view it asks `/mutate` to build;
+//! * how it edits an object ([`Policy::apply`]), through a [`Mutation`];
+//! * what `calmplane audit` counts for it beyond the edits the pipeline makes
+//!   ([`Policy::forecast`]).
 //!
 //! A policy looks at the object through a [`Context`] and edits it through a
 //! [`Mutation`]; it never builds a patch or a response itself. Which policies
@@ -8,21 +23,53 @@
 //! | policy            | kind       | operations      |
 //! |-------------------|------------|-----------------|
 //! | `lease`           | Pod        | CREATE          |
+//! | `rollout-history` | Deployment | UPDATE          |
 //! | `dns`             | Pod        | CREATE          |
 //! | `prestop`         | Pod        | CREATE          |
 //! | `rollout`         | Deployment | CREATE, UPDATE  |
-//! | `rollout-history` | Deployment | UPDATE          |
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Enforcement, Section};
 use crate::patch::Mutation;
+use crate::view::{Keys, Shape};
 use kube::core::admission::Operation;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::any::Any;
 
 pub mod dns;
 pub mod lease;
 pub mod prestop;
+#[cfg(test)]
+mod probe;
 pub mod rollout;
 pub mod rollout_history;
+
+/// Every policy, in pipeline order. This is the one list: the policy file,
+/// the pipeline, the skip annotation's names, audit and its columns, and the
+/// reports all read it.
+pub const ALL: &[Entry] = &[
+    Entry::of::<lease::Lease>(),
+    Entry::of::<rollout_history::RolloutHistory>(),
+    Entry::of::<dns::Dns>(),
+    Entry::of::<prestop::Prestop>(),
+    Entry::of::<rollout::Rollout>(),
+    // A sixth policy that exists only in the crate's unit tests: it proves
+    // that one line here is all a new policy needs (see `probe`).
+    #[cfg(test)]
+    Entry::of::<probe::Probe>(),
+];
+
+/// The names of every policy, in pipeline order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    ALL.iter().map(|entry| entry.name)
+}
+
+/// Whether `name` is a policy's name.
+pub fn is_name(name: &str) -> bool {
+    names().any(|n| n == name)
+}
 
 /// The kinds calmplane mutates. Everything else is allowed untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +81,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 2] = [Kind::Pod, Kind::Deployment];
+
     /// Match on group/version/kind exactly: with `matchPolicy: Equivalent` the
     /// apiserver converts other versions to the one we registered.
     pub fn from_gvk(group: &str, version: &str, kind: &str) -> Option<Kind> {
@@ -42,6 +92,11 @@ impl Kind {
             ("apps", "v1", "Deployment") => Some(Kind::Deployment),
             _ => None,
         }
+    }
+
+    /// The kind of a request's group/version/kind.
+    pub fn of(gvk: &kube::core::GroupVersionKind) -> Option<Kind> {
+        Kind::from_gvk(&gvk.group, &gvk.version, &gvk.kind)
     }
 
     /// From an object's own `apiVersion` and `kind` (used by preview).
@@ -61,81 +116,326 @@ impl Kind {
     }
 }
 
+/// The pod templates of a Deployment UPDATE, as the apiserver sent them.
+/// `None` is no template: absent, `null`, or an object that is not a
+/// Deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Templates<'a> {
+    /// `spec.template` of the object being admitted.
+    pub object: Option<&'a RawValue>,
+    /// `spec.template` of the stored object.
+    pub old_object: Option<&'a RawValue>,
+}
+
 /// What a policy may know about the request besides the object itself.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
-    /// The object's kind, already accepted by [`Policy::handles`]; there for a
-    /// policy that acts differently per kind.
+    /// The object's kind: picks the policies that run, for a policy that
+    /// acts differently per kind.
     pub kind: Kind,
     /// CREATE or UPDATE: some edits are only safe, or only needed, on one.
     pub operation: Operation,
-    /// The request's namespace, falling back to the object's own.
+    /// The request's namespace, which is authoritative: the object's own
+    /// metadata may leave it to the URL. The pipeline falls back to the
+    /// object's own.
     pub namespace: Option<&'a str>,
     /// The object before an UPDATE; `rollout-history` compares templates with it.
     pub old_object: Option<&'a Value>,
-    /// The two pod templates of an UPDATE as text; see
-    /// [`Request::templates`](crate::pipeline::Request::templates).
-    pub templates: Option<crate::view::Templates<'a>>,
-    /// Unix seconds, taken once per request from the pipeline's clock.
+    /// The pod templates of a Deployment UPDATE as text, which
+    /// `rollout-history` compares. Required when `object` and `old_object`
+    /// are views, whose templates are not all there; when `None`, the
+    /// templates of the two values are compared.
+    pub templates: Option<Templates<'a>>,
+    /// Unix seconds, set by the pipeline from its clock once per request.
     pub now: i64,
 }
 
-/// One cluster policy.
-pub trait Policy: Send + Sync {
+impl<'a> Context<'a> {
+    /// A request of `kind` and `operation` with nothing else known yet.
+    pub fn new(kind: Kind, operation: Operation) -> Context<'a> {
+        Context {
+            kind,
+            operation,
+            namespace: None,
+            old_object: None,
+            templates: None,
+            now: 0,
+        }
+    }
+
+    /// The request's namespace.
+    pub fn in_namespace(mut self, namespace: Option<&'a str>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// The stored object an UPDATE replaces, and the two templates as text.
+    pub fn replacing(mut self, old: Option<&'a Value>, templates: Option<Templates<'a>>) -> Self {
+        self.old_object = old;
+        self.templates = templates;
+        self
+    }
+}
+
+/// What a set of policies reads: one [`Shape`] per kind (and one for the
+/// kinds no policy handles), and the annotation keys and environment
+/// variables to build. Every kind's metadata is read, for the skip
+/// annotation and the logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reads {
+    pod: Shape,
+    deployment: Shape,
+    other: Shape,
+    keys: Keys,
+}
+
+impl Reads {
+    /// What the pipeline itself reads of every object: its name, namespace
+    /// and `calmplane.dev/skip`.
+    pub fn base() -> Reads {
+        let metadata = ["name", "generateName", "namespace"]
+            .into_iter()
+            .map(|member| Shape::at(&["metadata", member], Shape::All))
+            .fold(
+                Shape::at(&["metadata", "annotations"], Shape::Annotations),
+                Shape::merge,
+            );
+        Reads {
+            pod: metadata.clone(),
+            deployment: metadata.clone(),
+            other: metadata,
+            keys: Keys::new([crate::annotations::SKIP.to_string()], []),
+        }
+    }
+
+    /// Everything of every object: for pipelines of policies not built from
+    /// a policy file, whose reads are not declared.
+    pub fn everything() -> Reads {
+        Reads {
+            pod: Shape::All,
+            deployment: Shape::All,
+            other: Shape::All,
+            keys: Keys::everything(),
+        }
+    }
+
+    /// Also read `shape` of objects of `kind`.
+    pub fn shape(&mut self, kind: Kind, shape: Shape) {
+        let mine = match kind {
+            Kind::Pod => &mut self.pod,
+            Kind::Deployment => &mut self.deployment,
+        };
+        let taken = std::mem::replace(mine, Shape::All);
+        *mine = taken.merge(shape);
+    }
+
+    /// Also build these annotation keys and environment variables.
+    pub fn keys(
+        &mut self,
+        annotations: impl IntoIterator<Item = String>,
+        env_names: impl IntoIterator<Item = String>,
+    ) {
+        self.keys.add(annotations, env_names);
+    }
+
+    /// The shape to build objects of `kind` with (`None`: a kind no policy
+    /// handles).
+    pub fn shape_of(&self, kind: Option<Kind>) -> &Shape {
+        match kind {
+            Some(Kind::Pod) => &self.pod,
+            Some(Kind::Deployment) => &self.deployment,
+            None => &self.other,
+        }
+    }
+
+    /// The annotation keys and environment variables to build.
+    pub fn keys_to_build(&self) -> &Keys {
+        &self.keys
+    }
+}
+
+/// What `calmplane audit` knows about an object beyond what a webhook is
+/// sent, for [`Policy::forecast`].
+#[derive(Debug, Clone, Copy)]
+pub struct Forecast<'a> {
+    /// The object's kind.
+    pub kind: Kind,
+    /// The object, as listed.
+    pub object: &'a Value,
+    /// For a Deployment: whether it rolled more than `hotRolloutsPerHour`
+    /// times in the last hour, by its ReplicaSets or its history.
+    pub hot: bool,
+}
+
+/// One cluster policy. `Any`, so that a caller that knows which policy it
+/// wants can have it ([`crate::pipeline::Pipeline::policy`]).
+pub trait Policy: Send + Sync + Any {
     /// The name used in `calmplane.dev/skip`, audit annotations, metrics and changes.
     fn name(&self) -> &'static str;
 
     /// Whether this policy runs for this kind and operation.
     fn handles(&self, kind: Kind, operation: &Operation) -> bool;
 
+    /// Declare what this policy reads of the objects it handles: members
+    /// ([`Reads::shape`]), annotation keys and environment variables
+    /// ([`Reads::keys`]). `/mutate` builds only what the policies declare,
+    /// and a policy may write only there ([`crate::view::holds`]).
+    fn reads(&self, reads: &mut Reads);
+
     /// Edit the object. Every edit goes through `m`, which records the patch.
     fn apply(&self, ctx: &Context<'_>, m: &mut Mutation);
-}
 
-/// One entry of the policy list: a name and how the policy file builds it.
-pub struct Entry {
-    /// The policy's name ([`Policy::name`]), known without building it, for
-    /// `calmplane.dev/skip` checks and reports.
-    pub name: &'static str,
-    /// The policy as the policy file configures it; `None` when it is disabled.
-    pub build: fn(&Config) -> Option<Box<dyn Policy>>,
-}
-
-/// Every policy, in pipeline order. This is the one list: the pipeline, the
-/// skip annotation's names and the reports all read it.
-pub const ALL: [Entry; 5] = [
-    Entry {
-        name: lease::NAME,
-        build: lease::build,
-    },
-    Entry {
-        name: rollout_history::NAME,
-        build: rollout_history::build,
-    },
-    Entry {
-        name: dns::NAME,
-        build: dns::build,
-    },
-    Entry {
-        name: prestop::NAME,
-        build: prestop::build,
-    },
-    Entry {
-        name: rollout::NAME,
-        build: rollout::build,
-    },
-];
-
-/// The names of every policy, in pipeline order, read off [`ALL`].
-pub const NAMES: [&str; ALL.len()] = {
-    let mut names = [""; ALL.len()];
-    let mut i = 0;
-    while i < ALL.len() {
-        names[i] = ALL[i].name;
-        i += 1;
+    /// For `calmplane audit`: whether this policy will change `f.object` at
+    /// some later request, though it changes nothing now (a Deployment's
+    /// lease scope changes at its next rollout). Most policies change what
+    /// they change at once: `false`.
+    fn forecast(&self, f: &Forecast<'_>) -> bool {
+        let _ = f;
+        false
     }
-    names
-};
+}
+
+/// A policy's settings: the keys of its section other than `enabled` and
+/// `enforcement`, with their defaults (`Default`) and checks.
+pub trait Settings: Serialize + DeserializeOwned + Default + Clone + Send + Sync {
+    /// The first value out of range, as `(key, what is wrong)`; the key in
+    /// the file's spelling, without the section.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+}
+
+/// What makes a type a policy calmplane ships: its name, its section and
+/// its settings. [`Entry::of`] turns it into an entry of [`ALL`].
+pub trait Definition: Policy + Sized {
+    /// The policy's name.
+    const NAME: &'static str;
+    /// The key of its section in the policy file.
+    const SECTION: &'static str;
+    /// What `calmplane audit` counts for it, for the report's legend: the
+    /// objects it changes, or will change.
+    const COUNTS: &'static str;
+    /// Its settings.
+    type Settings: Settings;
+
+    /// The policy with these (checked) settings.
+    fn new(settings: Self::Settings) -> Self;
+}
+
+/// A section's key (`section` or `section.key`) and what is wrong with it.
+type Refusal = (String, String);
+
+/// One policy as [`ALL`] lists it: what is known without building it.
+pub struct Entry {
+    /// The policy's name ([`Policy::name`]).
+    pub name: &'static str,
+    /// The key of its section in the policy file.
+    pub section: &'static str,
+    /// What `calmplane audit` counts for it ([`Definition::COUNTS`]).
+    pub counts: &'static str,
+    /// Decode and check the section's settings, and build the policy.
+    build: fn(&Section) -> Result<Box<dyn Policy>, Refusal>,
+    /// The settings as the policy file writes them: of a section, or the
+    /// defaults for `None`. For the example file and the reference.
+    settings_json: fn(Option<&Section>) -> Result<Value, Refusal>,
+}
+
+impl Entry {
+    /// The entry for the policy `P`.
+    pub const fn of<P: Definition>() -> Entry {
+        Entry {
+            name: P::NAME,
+            section: P::SECTION,
+            counts: P::COUNTS,
+            build: build::<P>,
+            settings_json: settings_json::<P>,
+        }
+    }
+
+    /// The settings of this policy's section of `config`, as the file would
+    /// write them, with every default filled in.
+    pub fn settings_of(&self, config: &Config) -> Result<Value, ConfigError> {
+        (self.settings_json)(Some(config.section(self.section)))
+            .map_err(|(key, message)| config.invalid(&key, message))
+    }
+
+    /// This policy's default settings, as the file would write them.
+    pub fn default_settings(&self) -> Value {
+        (self.settings_json)(None).unwrap_or(Value::Null)
+    }
+}
+
+/// Decode `P`'s settings from `section`, and check them. Errors are
+/// `(key, message)`, the key qualified with the section.
+fn decode<P: Definition>(section: &Section) -> Result<P::Settings, Refusal> {
+    let settings: P::Settings = serde_json::from_value(Value::Object(section.settings.clone()))
+        .map_err(|e| (P::SECTION.to_string(), e.to_string()))?;
+    settings
+        .check()
+        .map_err(|(key, message)| (format!("{}.{key}", P::SECTION), message))?;
+    Ok(settings)
+}
+
+fn build<P: Definition>(section: &Section) -> Result<Box<dyn Policy>, Refusal> {
+    Ok(Box::new(P::new(decode::<P>(section)?)))
+}
+
+fn settings_json<P: Definition>(section: Option<&Section>) -> Result<Value, Refusal> {
+    let settings = match section {
+        Some(section) => decode::<P>(section)?,
+        None => P::Settings::default(),
+    };
+    serde_json::to_value(settings).map_err(|e| (P::SECTION.to_string(), e.to_string()))
+}
+
+/// The settings of policy `P` in `config`, decoded and checked: for a caller
+/// that needs one policy's settings without building a pipeline (`calmplane
+/// audit`, the MutatingAdmissionPolicy export).
+pub fn settings<P: Definition>(config: &Config) -> Result<P::Settings, ConfigError> {
+    decode::<P>(config.section(P::SECTION)).map_err(|(key, message)| config.invalid(&key, message))
+}
+
+/// A policy built from the policy file, with its section's common keys.
+pub struct Configured {
+    /// The policy.
+    pub policy: Box<dyn Policy>,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Whether its changes are patched or only reported.
+    pub enforcement: Enforcement,
+}
+
+/// Every policy of [`ALL`], built from its section of `config` (its
+/// defaults where the file has none), in pipeline order. Fails on a section
+/// no policy owns and on settings a policy refuses, enabled or not: a typo
+/// in a disabled section is still a typo.
+pub fn configure(config: &Config) -> Result<Vec<Configured>, ConfigError> {
+    if let Some(unknown) = config
+        .section_keys()
+        .find(|key| !ALL.iter().any(|e| e.section == *key))
+    {
+        let known: Vec<&str> = ALL.iter().map(|e| e.section).collect();
+        return Err(config.invalid(
+            unknown,
+            format!(
+                "no policy has this section; the sections are {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    ALL.iter()
+        .map(|entry| {
+            let section = config.section(entry.section);
+            let policy =
+                (entry.build)(section).map_err(|(key, message)| config.invalid(&key, message))?;
+            Ok(Configured {
+                policy,
+                enabled: section.enabled,
+                enforcement: section.enforcement,
+            })
+        })
+        .collect()
+}
 
 /// The indexes and values of `spec.containers` (or another container list)
 /// that are objects.
@@ -150,6 +450,12 @@ pub(crate) fn containers<'v>(
         .flatten()
         .enumerate()
         .filter_map(|(i, c)| c.as_object().map(|c| (i, c)))
+}
+
+/// What [`is_windows`] reads.
+pub(crate) fn windows_reads(reads: &mut Reads) {
+    reads.shape(Kind::Pod, Shape::at(&["spec", "os"], Shape::All));
+    reads.shape(Kind::Pod, Shape::at(&["spec", "nodeSelector"], Shape::All));
 }
 
 /// A pod that will run on Windows: `spec.os.name: windows`, or pinned to

@@ -12,27 +12,94 @@
 //! An unset grace period is the API default, 30 s, and is only written when
 //! that default would be too short.
 
-use super::{containers, is_windows, Context, Kind, Policy};
-use crate::config::{PrestopConfig, PrestopMode};
+use super::{containers, is_windows, windows_reads, Context, Definition, Kind, Policy, Reads};
 use crate::patch::{present, Mutation};
+use crate::view::Shape;
 use kube::core::admission::Operation;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "prestop";
 /// The apiserver's default `terminationGracePeriodSeconds`.
-const DEFAULT_GRACE_SECONDS: i64 = 30;
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// How the policy writes its sleep: the native action needs a recent
+/// cluster, the exec form needs a shell in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrestopMode {
+    /// The native `lifecycle.preStop.sleep` action (GA in Kubernetes 1.34).
+    Sleep,
+    /// `exec: ["sh", "-c", "sleep N"]`, for older clusters; needs a shell in the image.
+    Exec,
+}
+
+/// The `prestop` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// Native sleep or exec, depending on what the cluster supports.
+    pub mode: PrestopMode,
+    /// How long SIGTERM is held back: long enough for endpoint removal to
+    /// reach every proxy. `i64` because that is the API's type.
+    pub sleep_seconds: i64,
+    /// Time the grace period must leave after the sleep for the app to drain.
+    pub min_drain_seconds: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: PrestopMode::Sleep,
+            sleep_seconds: 5,
+            min_drain_seconds: 5,
+        }
+    }
+}
+
+impl super::Settings for Settings {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=3600).contains(&self.sleep_seconds) {
+            return Err((
+                "sleepSeconds",
+                format!("{} is out of range 1..=3600", self.sleep_seconds),
+            ));
+        }
+        if !(1..=3600).contains(&self.min_drain_seconds) {
+            return Err((
+                "minDrainSeconds",
+                format!(
+                    "{} is out of range 1..=3600; it must be at least 1 so that the grace period stays longer than the sleep",
+                    self.min_drain_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The policy.
 pub struct Prestop {
-    cfg: PrestopConfig,
+    cfg: Settings,
     /// The preStop handler to add, built once from the config, not per container.
     hook: Value,
 }
 
 impl Prestop {
-    /// The policy for this `prestop` section.
-    pub fn new(cfg: PrestopConfig) -> Self {
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.cfg
+    }
+}
+
+impl Definition for Prestop {
+    const NAME: &'static str = NAME;
+    const SECTION: &'static str = "prestop";
+    const COUNTS: &'static str = "pods given a preStop sleep";
+    type Settings = Settings;
+
+    fn new(cfg: Settings) -> Self {
         let seconds = cfg.sleep_seconds;
         let hook = match cfg.mode {
             PrestopMode::Sleep => json!({"sleep": {"seconds": seconds}}),
@@ -44,13 +111,6 @@ impl Prestop {
     }
 }
 
-/// The policy as the policy file configures it, unless disabled.
-pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
-    let cfg = &config.prestop;
-    cfg.enabled
-        .then(|| Box::new(Prestop::new(cfg.clone())) as Box<dyn Policy>)
-}
-
 impl Policy for Prestop {
     fn name(&self) -> &'static str {
         NAME
@@ -58,6 +118,25 @@ impl Policy for Prestop {
 
     fn handles(&self, kind: Kind, operation: &Operation) -> bool {
         kind == Kind::Pod && *operation == Operation::Create
+    }
+
+    fn reads(&self, reads: &mut Reads) {
+        windows_reads(reads);
+        reads.shape(
+            Kind::Pod,
+            Shape::at(&["spec", "terminationGracePeriodSeconds"], Shape::All),
+        );
+        reads.shape(
+            Kind::Pod,
+            Shape::at(&["spec", "containers", "*", "name"], Shape::All),
+        );
+        reads.shape(
+            Kind::Pod,
+            Shape::at(
+                &["spec", "containers", "*", "lifecycle", "preStop"],
+                Shape::All,
+            ),
+        );
     }
 
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {

@@ -8,23 +8,36 @@
 //! with a warning. `Recreate` Deployments are left alone, and a missing
 //! strategy is fine: the apiserver defaults it to RollingUpdate.
 
-use super::{Context, Kind, Policy};
+use super::{Context, Definition, Kind, Policy, Reads};
 use crate::patch::{present, str_at, Mutation};
+use crate::view::Shape;
 use kube::core::admission::Operation;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "rollout";
 
-/// The policy. It has nothing to configure but whether it runs.
+/// The `rollout` section: nothing to configure but whether it runs, kept as
+/// a section so the file's shape is the same for every policy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {}
+
+impl super::Settings for Settings {}
+
+/// The policy.
 pub struct Rollout;
 
-/// The policy, unless the policy file disables it.
-pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
-    config
-        .rollout
-        .enabled
-        .then(|| Box::new(Rollout) as Box<dyn Policy>)
+impl Definition for Rollout {
+    const NAME: &'static str = NAME;
+    const SECTION: &'static str = "rollout";
+    const COUNTS: &'static str = "Deployments given maxUnavailable: 0";
+    type Settings = Settings;
+
+    fn new(_: Settings) -> Self {
+        Rollout
+    }
 }
 
 /// `0`, `"0"` and `"0%"` (and `"00%"`) all mean zero to the Deployment controller.
@@ -46,6 +59,13 @@ impl Policy for Rollout {
 
     fn handles(&self, kind: Kind, operation: &Operation) -> bool {
         kind == Kind::Deployment && matches!(operation, Operation::Create | Operation::Update)
+    }
+
+    fn reads(&self, reads: &mut Reads) {
+        reads.shape(
+            Kind::Deployment,
+            Shape::at(&["spec", "strategy"], Shape::All),
+        );
     }
 
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {

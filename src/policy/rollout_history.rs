@@ -21,35 +21,81 @@
 //! that differs from `oldObject`'s, this update was recorded, and only the
 //! (idempotent) lease-scope decision is made again.
 
-use super::{Context, Kind, Policy};
-use crate::config::RolloutHistoryConfig;
+use super::{Context, Definition, Forecast, Kind, Policy, Reads};
+use crate::annotations::{
+    LeaseScope, RolloutHistory as History, LEASE_SCOPE as LEASE_SCOPE_ANNOTATION,
+    ROLLOUTS as ROLLOUTS_ANNOTATION,
+};
 use crate::patch::{lookup, present, str_at, Mutation};
-use crate::{LEASE_SCOPE_ANNOTATION, ROLLOUTS_ANNOTATION};
+use crate::view::Shape;
 use kube::core::admission::Operation;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "rollout-history";
-const WINDOW_SECONDS: i64 = 3600;
+
+/// The `rolloutHistory` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// A Deployment that rolled more than this many times in the last hour is hot.
+    pub hot_rollouts_per_hour: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            hot_rollouts_per_hour: 1,
+        }
+    }
+}
+
+impl super::Settings for Settings {}
 
 /// The policy. Holds no history itself: that lives in each Deployment.
 pub struct RolloutHistory {
-    cfg: RolloutHistoryConfig,
+    cfg: Settings,
 }
 
 impl RolloutHistory {
-    /// The policy for this `rolloutHistory` section.
-    pub fn new(cfg: RolloutHistoryConfig) -> Self {
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.cfg
+    }
+}
+
+impl Definition for RolloutHistory {
+    const NAME: &'static str = NAME;
+    const SECTION: &'static str = "rolloutHistory";
+    const COUNTS: &'static str = "Deployments whose lease scope changes at their next rollout";
+    type Settings = Settings;
+
+    fn new(cfg: Settings) -> Self {
         RolloutHistory { cfg }
     }
 }
 
-/// The policy as the policy file configures it, unless disabled.
-pub fn build(config: &crate::config::Config) -> Option<Box<dyn Policy>> {
-    let cfg = &config.rollout_history;
-    cfg.enabled
-        .then(|| Box::new(RolloutHistory::new(cfg.clone())) as Box<dyn Policy>)
+/// Would `rollout-history` change this Deployment's lease scope at its next
+/// rollout? Hot and not yet scoped to itself, or cold and still scoped.
+fn lease_scope_changes(d: &Value, hot: bool) -> bool {
+    let current = str_at(
+        d,
+        &[
+            "spec",
+            "template",
+            "metadata",
+            "annotations",
+            LEASE_SCOPE_ANNOTATION,
+        ],
+    );
+    let name = str_at(d, &["metadata", "name"]).unwrap_or("");
+    if hot {
+        current.and_then(LeaseScope::parse) != Some(LeaseScope { deployment: name })
+    } else {
+        current.is_some()
+    }
 }
 
 impl Policy for RolloutHistory {
@@ -59,6 +105,32 @@ impl Policy for RolloutHistory {
 
     fn handles(&self, kind: Kind, operation: &Operation) -> bool {
         kind == Kind::Deployment && *operation == Operation::Update
+    }
+
+    fn reads(&self, reads: &mut Reads) {
+        // The template is compared as text, and only its annotations are
+        // written: the view holds no more of it.
+        reads.shape(
+            Kind::Deployment,
+            Shape::at(
+                &["spec", "template"],
+                Shape::Text(Box::new(Shape::at(
+                    &["metadata", "annotations"],
+                    Shape::Annotations,
+                ))),
+            ),
+        );
+        reads.keys(
+            [
+                ROLLOUTS_ANNOTATION.to_string(),
+                LEASE_SCOPE_ANNOTATION.to_string(),
+            ],
+            [],
+        );
+    }
+
+    fn forecast(&self, f: &Forecast<'_>) -> bool {
+        f.kind == Kind::Deployment && lease_scope_changes(f.object, f.hot)
     }
 
     fn apply(&self, ctx: &Context<'_>, m: &mut Mutation) {
@@ -85,17 +157,13 @@ impl Policy for RolloutHistory {
         let already_recorded = new_history.is_some() && new_history != old_history;
         // `kubectl replace` drops annotations it was not given; fall back to the
         // stored history so that it is not reset.
-        let mut stamps = parse_history(new_history.or(old_history).unwrap_or(""));
-        stamps.retain(|t| ctx.now - *t < WINDOW_SECONDS && *t <= ctx.now);
+        let mut history = History::parse(new_history.or(old_history).unwrap_or(""));
+        history.prune(ctx.now);
         if !already_recorded {
-            stamps.push(ctx.now);
+            history.record(ctx.now);
         }
-        let history = stamps
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let count = stamps.len();
+        let count = history.len();
+        let history = history.format();
         m.set(
             &["metadata", "annotations", ROLLOUTS_ANNOTATION],
             Value::String(history),
@@ -113,7 +181,7 @@ impl Policy for RolloutHistory {
         if count > limit {
             m.set(
                 &scope_path,
-                Value::String(format!("deployment/{name}")),
+                Value::String(LeaseScope::format(&name)),
                 format!(
                     "{count} rollouts in the last hour (more than {limit}): pods share one lease per Deployment"
                 ),
@@ -163,12 +231,6 @@ fn restore_dropped(old: &Value, m: &mut Mutation) {
         );
         m.set(path, Value::String(stored.to_string()), message);
     }
-}
-
-/// Unix seconds, comma separated. Garbage entries are dropped, not fatal: the
-/// annotation is user-editable.
-fn parse_history(s: &str) -> Vec<i64> {
-    s.split(',').filter_map(|t| t.trim().parse().ok()).collect()
 }
 
 /// Whether two pod templates, given as JSON text, are the same apart from
@@ -292,8 +354,19 @@ mod tests {
     }
 
     #[test]
-    fn history_parsing_drops_garbage() {
-        assert_eq!(parse_history("1, 2,x,,3"), vec![1, 2, 3]);
-        assert!(parse_history("").is_empty());
+    fn the_forecast_is_a_lease_scope_change_at_the_next_rollout() {
+        let d = |scope: Option<&str>| {
+            let mut d = json!({"metadata": {"name": "web"}, "spec": {"template": {}}});
+            if let Some(s) = scope {
+                d["spec"]["template"]["metadata"] =
+                    json!({"annotations": {LEASE_SCOPE_ANNOTATION: s}});
+            }
+            d
+        };
+        assert!(lease_scope_changes(&d(None), true));
+        assert!(!lease_scope_changes(&d(Some("deployment/web")), true));
+        assert!(lease_scope_changes(&d(Some("deployment/other")), true));
+        assert!(lease_scope_changes(&d(Some("deployment/web")), false));
+        assert!(!lease_scope_changes(&d(None), false));
     }
 }

@@ -2,7 +2,7 @@
 //! which paths take a body and how large, which are shed under load, which
 //! need a client certificate, and how they are counted.
 
-use super::budget;
+use crate::budget;
 
 /// A route of the TLS port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -37,7 +37,7 @@ use crate::budget::{self, Busy, Pools};
 use crate::clip::Clipped;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::view::Extent;
+use crate::review::Extent;
 use crate::{preview, review};
 use arc_swap::ArcSwap;
 use axum::body::Body;

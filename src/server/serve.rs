@@ -103,7 +103,7 @@ impl ServeOptions {
         let (metrics_listener, metrics_addr) = bind(self.metrics_listen).await?;
         let metrics = Arc::new(Metrics::new());
         metrics.tls_expiry.set(tls.not_after() as f64);
-        let state = AppState::new(Pipeline::new(&loaded, Arc::new(SystemClock)), metrics);
+        let state = AppState::new(Pipeline::new(&loaded, Arc::new(SystemClock))?, metrics);
         Ok(Server {
             opts: self,
             addr,
@@ -234,13 +234,12 @@ fn watch_config(
             if last.as_deref() == Some(&bytes[..]) {
                 continue;
             }
-            let result = Config::from_bytes(&bytes, &path.display().to_string());
+            let result = Config::from_bytes(&bytes, &path.display().to_string())
+                .and_then(|config| Pipeline::new(&config, Arc::new(SystemClock)));
             last = Some(bytes);
             match result {
-                Ok(config) => {
-                    state
-                        .pipeline
-                        .store(Arc::new(Pipeline::new(&config, Arc::new(SystemClock))));
+                Ok(pipeline) => {
+                    state.pipeline.store(Arc::new(pipeline));
                     state
                         .metrics
                         .config_reloads

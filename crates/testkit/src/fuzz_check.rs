@@ -5,7 +5,7 @@ use base64::Engine as _;
 use calmplane::config::Config;
 use calmplane::pipeline::{FixedClock, Pipeline};
 use calmplane::review;
-use calmplane::view::Extent;
+use calmplane::review::Extent;
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
@@ -14,7 +14,9 @@ pub const NOW: i64 = 1_800_000_000;
 
 fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
-    PIPELINE.get_or_init(|| Pipeline::new(&Config::default(), Arc::new(FixedClock(NOW))))
+    PIPELINE.get_or_init(|| {
+        Pipeline::new(&Config::default(), Arc::new(FixedClock(NOW))).expect("the defaults")
+    })
 }
 
 /// Parse and admit `data` as the `/mutate` handler does, then check:

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 pub use crate::corpus::{corpus_dir, corpus_file};
+pub use crate::prom::metric;
 pub use crate::review::review;
 
 /// A running server with its own dev certificates in a temp dir.
@@ -363,11 +364,4 @@ pub fn write_atomic(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The value of one series in Prometheus text, 0 when absent.
-pub fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse::<f64>().expect("metric value") as u64)
 }

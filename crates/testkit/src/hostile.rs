@@ -482,21 +482,40 @@ fn flood(
     tasks
 }
 
+/// The bodies the attacks send, built before an attack starts: building
+/// them takes seconds in a debug build, time the attack must not lose.
+struct Payloads {
+    big: Vec<Bytes>,
+    expanding: Vec<Bytes>,
+    expanding_preview: Vec<Bytes>,
+    previews: Vec<Bytes>,
+}
+
+impl Payloads {
+    fn new() -> Payloads {
+        let mut previews = worst_previews(512 * 1024);
+        previews.extend(worst_previews(2 * MIB));
+        Payloads {
+            big: vec![big_review(6 * MIB)],
+            expanding: expanding_reviews(6 * MIB),
+            expanding_preview: vec![expanding_preview(512 * 1024)],
+            previews,
+        }
+    }
+}
+
 /// Start the attackers of `attack` until `until`, tallying their answers.
 fn launch(
     attack: Attack,
     target: &Target,
+    payloads: &Payloads,
     until: Instant,
     tally: &Tally,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let json = "application/json";
     let yaml = "application/yaml";
-    let big = || vec![big_review(6 * MIB)];
-    let previews = || {
-        let mut bodies = worst_previews(512 * 1024);
-        bodies.extend(worst_previews(2 * MIB));
-        bodies
-    };
+    let big = || payloads.big.clone();
+    let previews = || payloads.previews.clone();
     match attack {
         Attack::BigBodies => send_loop(target, "/mutate", json, big(), 24, until, tally),
         Attack::ExpandingBodies => {
@@ -504,7 +523,7 @@ fn launch(
                 target,
                 "/mutate",
                 json,
-                expanding_reviews(6 * MIB),
+                payloads.expanding.clone(),
                 6,
                 until,
                 tally,
@@ -513,7 +532,7 @@ fn launch(
                 target,
                 "/preview",
                 json,
-                vec![expanding_preview(512 * 1024)],
+                payloads.expanding_preview.clone(),
                 2,
                 until,
                 tally,
@@ -533,7 +552,7 @@ fn launch(
                 target,
                 "/mutate",
                 json,
-                expanding_reviews(6 * MIB),
+                payloads.expanding.clone(),
                 3,
                 until,
                 tally,
@@ -663,10 +682,11 @@ type Probes = (
 /// the server.
 pub async fn run(target: &Target, attack: Attack, duration: Duration) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
+    let payloads = Payloads::new();
     let memory = Memory::start(target.pid, stop.clone());
     let until = Instant::now() + duration;
     let tally = Tally::default();
-    let attackers = launch(attack, target, until, &tally);
+    let attackers = launch(attack, target, &payloads, until, &tally);
     let probes = {
         let target = target.clone();
         std::thread::spawn(move || -> Probes {

@@ -19,6 +19,7 @@ pub mod harness;
 pub mod hostile;
 pub mod lease_monitor;
 pub mod process;
+pub mod prom;
 pub mod pychecks;
 pub mod review;
 pub mod seeds;

@@ -86,7 +86,7 @@ pub fn view_matches_whole(
     let budget = calmplane::view::Budget::unlimited();
     let request = calmplane::review::parse_with(
         &bytes,
-        calmplane::view::Extent::Read(pipeline.reads()),
+        calmplane::review::Extent::Read(pipeline.reads()),
         &budget,
     )
     .map_err(|e| format!("view parse: {e}"))?;
