@@ -19,15 +19,14 @@
 
 use bytes::Bytes;
 use calmplane_testkit::harness::client_config;
-use calmplane_testkit::process::{free_port, KillOnDrop};
+use calmplane_testkit::process::Process;
 use calmplane_testkit::seeds;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -402,45 +401,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-struct Server {
-    child: KillOnDrop,
-    addr: SocketAddr,
-    ca_pem: String,
-    _dir: tempfile::TempDir,
-}
-
-fn start_server(binary: &Path) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let certs =
-        calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
-            .unwrap();
-    calmplane::certs::write(dir.path(), &certs).unwrap();
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let child = Command::new(binary)
-        .args(["--log-format", "json", "serve"])
-        .args(["--listen", &addr.to_string()])
-        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--key")
-        .arg(dir.path().join("tls.key"))
-        .args(["--shutdown-delay", "1s", "--drain-timeout", "10s"])
-        .args(["--handshake-timeout", "2s", "--header-timeout", "5s"])
-        .env("CALMPLANE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        // Every admission logs a line at info: the log path is part of the soak.
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-    Server {
-        child: KillOnDrop(child),
-        addr,
-        ca_pem: certs.ca_pem,
-        _dir: dir,
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -466,24 +426,21 @@ async fn run(args: Args) -> i32 {
         calmplane_testkit::corpus::corpus_dir().display()
     );
     let bad = bad_inputs(&valid);
-    let mut server = start_server(&args.server);
-    let pid = server.child.id();
+    // Every admission logs a line at info: the log path is part of the soak,
+    // its lines are discarded.
+    let serve_args = [
+        "--shutdown-delay",
+        "1s",
+        "--drain-timeout",
+        "10s",
+        "--handshake-timeout",
+        "2s",
+        "--header-timeout",
+        "5s",
+    ];
+    let mut server = Process::start_logging(&args.server, "json", &serve_args, false).await;
+    let pid = server.id();
     let config = client_config(&server.ca_pem);
-
-    // Wait until the server answers.
-    let up = Instant::now();
-    loop {
-        if let Ok(mut c) = connect(server.addr, config.clone()).await {
-            if let Ok((200, _)) = send(&mut c, "GET", "/healthz", Bytes::new()).await {
-                break;
-            }
-        }
-        if up.elapsed() > Duration::from_secs(30) || server.child.try_wait().unwrap().is_some() {
-            eprintln!("soak: the server did not start");
-            return 2;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let total = Duration::from_secs(args.seconds);
     let window = Duration::from_secs((args.seconds / 3).clamp(1, 60));
@@ -543,19 +500,9 @@ async fn run(args: Args) -> i32 {
     let elapsed = start.elapsed();
 
     // Graceful stop.
-    let _ = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status();
+    server.sigterm();
     let stop = Instant::now();
-    let exit = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if stop.elapsed() > Duration::from_secs(20) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = server.wait_exit(Duration::from_secs(20)).await;
 
     let t = &shared.tally;
     let (valid_ok, valid_errors) = (

@@ -5,9 +5,10 @@ use anyhow::{Context as _, Result};
 use calmplane::config::Config;
 use calmplane::manifests::ServiceArgs;
 use calmplane::pipeline::{Pipeline, SystemClock};
+use calmplane::process::{self, LogFormat};
 use calmplane::server::ServeOptions;
 use calmplane::{certs, manifests, preview, register};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,12 +37,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
 }
 
 #[derive(Subcommand)]
@@ -152,37 +147,12 @@ struct RegisterArgs {
     dry_run: bool,
 }
 
-fn init_logging(format: LogFormat) -> Result<calmplane::server::batch_log::FlushGuard> {
-    use tracing_subscriber::EnvFilter;
-    // Logging must never block a request, nor wake a thread per line: lines
-    // are gathered and written by a background thread (batch_log's docs).
-    let (writer, guard) = calmplane::server::batch_log::BatchWriter::new(std::io::stderr())
-        .context("starting the log writer thread")?;
-    let filter =
-        EnvFilter::try_from_env("CALMPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a terminal: a log collector would store the escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(guard)
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let _guard = init_logging(cli.log_format)?;
-            calmplane::process::check_allocator_env();
+            let _guard = process::init_logging(cli.log_format)?;
+            process::check_allocator_env();
             serve(*args)
         }
         Command::Certs(args) => {
@@ -205,8 +175,8 @@ fn main() -> Result<()> {
         }
         Command::Register(args) => run_register(args),
         Command::LeaseMonitor(args) => {
-            let _guard = init_logging(cli.log_format)?;
-            calmplane::process::check_allocator_env();
+            let _guard = process::init_logging(cli.log_format)?;
+            process::check_allocator_env();
             Ok(calmplane::lease_monitor::main(args)?)
         }
         Command::Audit(args) => {
@@ -243,12 +213,12 @@ fn run_register(args: RegisterArgs) -> Result<()> {
 }
 
 fn serve(opts: ServeOptions) -> Result<()> {
-    let files = calmplane::process::raise_fd_limit();
+    let files = process::raise_fd_limit();
     tracing::debug!(open_files = files, "file-descriptor limit");
-    let runtime = calmplane::process::runtime().context("starting the async runtime")?;
+    let runtime = process::runtime().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = opts.bind().await?;
-        let drained = server.run(calmplane::process::shutdown_signal()).await;
+        let drained = server.run(process::shutdown_signal()).await;
         if !drained {
             tracing::warn!("exited before every in-flight request finished");
         }

@@ -1,10 +1,50 @@
 //! Prometheus metrics, served in text format on the plaintext metrics port.
 
+use crate::review::Verdict;
 use crate::server::endpoint::Endpoint;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use std::time::Duration;
+
+/// How an admission request ended, for the `result` label of
+/// `calmplane_admission_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Result {
+    /// The pipeline ran (or had nothing to run): mutated, unchanged or
+    /// skipped; `report` for every request to `/report`.
+    Answered(Verdict),
+    /// The request was refused: a 4xx, a 408, a 500.
+    Error,
+    /// The server was at capacity: a 503.
+    Overloaded,
+}
+
+impl Result {
+    /// The label value, for a request to `endpoint`.
+    fn label(self, endpoint: Endpoint) -> &'static str {
+        match self {
+            Result::Answered(_) if endpoint == Endpoint::Report => "report",
+            Result::Answered(verdict) => verdict.as_str(),
+            Result::Error => "error",
+            Result::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// The `kind` label of a request: bounded, since the kind comes from the client.
+pub fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "Pod" => "Pod",
+        "Deployment" => "Deployment",
+        _ => "other",
+    }
+}
+
+/// The `kind` and `operation` labels of a request that failed before its
+/// review was read.
+pub const UNKNOWN: &str = "unknown";
 
 /// How a TLS handshake on the webhook port ended, the `outcome` label of
 /// `calmplane_tls_handshakes_total`.
@@ -57,14 +97,15 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     /// `calmplane_admission_requests_total{kind,operation,result}`: how much
-    /// traffic, and how much of it we actually change or fail.
-    pub requests: IntCounterVec,
+    /// traffic, and how much of it we actually change or fail. Counted by
+    /// [`Metrics::admission`] only.
+    requests: IntCounterVec,
     /// `calmplane_admission_duration_seconds`: our share of the apiserver's
     /// latency, which the 5 ms budget is measured against.
-    pub duration: Histogram,
+    duration: Histogram,
     /// `calmplane_policy_changes_total{policy}`: which policy is doing the
     /// work, so one can be judged (or turned off) on its own.
-    pub policy_changes: IntCounterVec,
+    policy_changes: IntCounterVec,
     /// `calmplane_report_changes_total{policy}`: objects a policy would have
     /// changed but did not (`/report`, or `enforcement: report`): the canary's
     /// signal.
@@ -94,7 +135,7 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "calmplane_admission_requests_total",
-                "Admission requests by kind, operation and result (mutated, unchanged, skipped, error).",
+                "Admission requests by kind, operation and result (mutated, unchanged, skipped, report, error, overloaded).",
             ),
             &["kind", "operation", "result"],
         )
@@ -166,7 +207,7 @@ impl Metrics {
         let overloaded = IntCounterVec::new(
             Opts::new(
                 "calmplane_overloaded_requests_total",
-                "Requests answered 503 because requests were waiting longer than --max-queue-delay for a CPU, by path.",
+                "Requests answered 503 because the server was at capacity (requests waiting longer than --max-queue-delay for a CPU, or no room in the memory pools for requests), by path.",
             ),
             &["path"],
         )
@@ -209,14 +250,33 @@ impl Metrics {
             .inc();
     }
 
-    /// Count one request to `endpoint` answered 503 by load shedding; an
-    /// admission request also counts as `result="overloaded"`.
+    /// Count one request to `endpoint` answered 503 because the server was
+    /// at capacity; an admission request also counts as `result="overloaded"`.
     pub fn overloaded(&self, endpoint: Endpoint) {
         self.overloaded.with_label_values(&[endpoint.label()]).inc();
-        if endpoint.is_admission() {
-            self.requests
-                .with_label_values(&["unknown", "unknown", "overloaded"])
-                .inc();
+        self.admission(endpoint, UNKNOWN, UNKNOWN, Result::Overloaded);
+    }
+
+    /// Count one request to an admission endpoint (`/mutate`, `/report`;
+    /// others are not counted here). `kind` and `operation` are labels
+    /// already bounded ([`kind_label`], `review::operation_label`, or
+    /// [`UNKNOWN`]). The one place `calmplane_admission_requests_total` is
+    /// counted.
+    pub fn admission(&self, endpoint: Endpoint, kind: &str, operation: &str, result: Result) {
+        if !endpoint.is_admission() {
+            return;
+        }
+        self.requests
+            .with_label_values(&[kind, operation, result.label(endpoint)])
+            .inc();
+    }
+
+    /// Record an admission the pipeline answered: its duration, and the
+    /// policies that changed the object.
+    pub fn admitted(&self, elapsed: Duration, changed_by: &[&str]) {
+        self.duration.observe(elapsed.as_secs_f64());
+        for policy in changed_by {
+            self.policy_changes.with_label_values(&[policy]).inc();
         }
     }
 

@@ -270,11 +270,13 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 fn known_metrics() -> BTreeSet<String> {
     let mut text = String::new();
     let webhook = calmplane::metrics::Metrics::new();
-    webhook
-        .requests
-        .with_label_values(&["Pod", "CREATE", "mutated"])
-        .inc();
-    webhook.policy_changes.with_label_values(&["lease"]).inc();
+    webhook.admission(
+        calmplane::server::endpoint::Endpoint::Mutate,
+        "Pod",
+        "CREATE",
+        calmplane::metrics::Result::Answered(calmplane::review::Verdict::Mutated),
+    );
+    webhook.admitted(std::time::Duration::from_micros(50), &["lease"]);
     webhook.tls_reloads.with_label_values(&["success"]).inc();
     webhook.config_reloads.with_label_values(&["success"]).inc();
     text.push_str(&webhook.render());

@@ -61,10 +61,11 @@ fn report_lines(uid: &str) -> Vec<Value> {
 
 /// `calmplane_report_changes_total` by policy.
 fn report_metric(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("calmplane_report_changes_total{policy=\""))
-        .filter_map(|l| l.split_once("\"} "))
-        .map(|(p, v)| (p.to_string(), v.trim().parse().unwrap()))
+    calmplane::policy::names()
+        .filter_map(|p| {
+            calmplane_testkit::prom::exact(text, "calmplane_report_changes_total", &[("policy", p)])
+                .map(|v| (p.to_string(), v as u64))
+        })
         .collect()
 }
 

@@ -1,10 +1,7 @@
-//! `/metrics`, `/healthz` and `/readyz` on the monitor's plaintext port.
+//! What the monitor serves on its admin port (`/metrics`, `/healthz`,
+//! `/readyz`), through [`crate::process::admin`].
 
 use super::state::LeaseState;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,34 +15,18 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// The monitor's HTTP application.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(
-                |axum::extract::State(s): axum::extract::State<HttpState>| async move {
-                    (
-                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        super::lock(&s.state).render(),
-                    )
-                },
-            ),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .layer(axum::middleware::from_fn(crate::server::refuse_bodies))
-        .with_state(state)
-}
+/// What the monitor tells its admin port: its metrics, rendered under the
+/// state's lock, and whether the first Lease list is complete.
+impl crate::process::admin::Admin for HttpState {
+    fn metrics(&self) -> String {
+        super::lock(&self.state).render()
+    }
 
-async fn readyz(axum::extract::State(s): axum::extract::State<HttpState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        "ok\n".into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first complete Lease list\n",
-        )
-            .into_response()
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("waiting for the first complete Lease list")
+        }
     }
 }

@@ -107,10 +107,10 @@ pub async fn run(
             source,
         })?;
     let state = Arc::new(Mutex::new(LeaseState::new(metrics)));
-    let app = http::router(http::HttpState {
+    let app = crate::process::admin::router(Arc::new(http::HttpState {
         state: state.clone(),
         ready: ready.clone(),
-    });
+    }));
     // The same caps and timers as the webhook's admin port: anything that
     // can reach the port must not be able to exhaust the process.
     let http = tokio::spawn(crate::server::listener::serve_admin(

@@ -22,7 +22,6 @@
 //! thin: they time, count and log successes, and return [`ApiError`] for
 //! everything else.
 
-pub mod batch_log;
 pub mod endpoint;
 pub mod error;
 pub mod listener;
@@ -35,7 +34,7 @@ pub use serve::{ServeError, ServeOptions, Server};
 
 use crate::budget::{self, Busy, Pools};
 use crate::clip::Clipped;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
 use crate::review::Extent;
 use crate::{preview, review};
@@ -111,42 +110,23 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .with_state(state)
 }
 
-/// The plaintext admin application: `/metrics` for Prometheus, and the
-/// same `/healthz` and `/readyz` as the TLS port, for probes that cannot
-/// present a client certificate or speak TLS. Its routes read no body, so
-/// a request that sends one is refused before anything is read.
-pub fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(|State(state): State<Arc<AppState>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    state.metrics.render(),
-                )
-            }),
-        )
-        .route(Endpoint::Healthz.path(), get(healthz))
-        .route(Endpoint::Readyz.path(), get(readyz))
-        .layer(axum::middleware::from_fn(refuse_bodies))
-        .with_state(state)
-}
-
-/// 413 for a request that carries a body, on a port whose routes read none.
-pub async fn refuse_bodies(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    if chunked || content_length(&request).is_some_and(|n| n > 0) {
-        return ApiError::too_large(0).into_response();
+/// What the webhook tells its admin port: its metrics, and whether it is
+/// shutting down.
+impl crate::process::admin::Admin for AppState {
+    fn metrics(&self) -> String {
+        self.metrics.render()
     }
-    next.run(request).await
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("shutting down")
+        }
+    }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
-}
+use crate::process::admin::healthz;
 
 /// What `/mutate` learned about a request before it failed, for the labels
 /// and the message of its error. The handler fills it once the review
@@ -164,7 +144,7 @@ impl SeenRequest {
     /// The uid, kind and operation for an error's log line and metric;
     /// `unknown` when the request failed before its review parsed.
     fn labels(seen: Option<&SeenRequest>) -> (&str, &'static str, &'static str) {
-        seen.map_or(("", "unknown", "unknown"), |s| {
+        seen.map_or(("", metrics::UNKNOWN, metrics::UNKNOWN), |s| {
             (&s.uid, s.kind, s.operation)
         })
     }
@@ -329,9 +309,9 @@ impl Guard {
             operation,
             "request panicked; it failed, the server keeps serving"
         );
-        if endpoint.is_admission() {
-            self.count_error(kind, operation);
-        }
+        self.state
+            .metrics
+            .admission(endpoint, kind, operation, metrics::Result::Error);
         error.into_response()
     }
 
@@ -357,18 +337,10 @@ impl Guard {
         } else {
             tracing::warn!(status = error.status.as_u16(), error = %error.message, "rejected request");
         }
-        if admission {
-            self.count_error(kind, operation);
-        }
-        response
-    }
-
-    fn count_error(&self, kind: &str, operation: &str) {
         self.state
             .metrics
-            .requests
-            .with_label_values(&[kind, operation, "error"])
-            .inc();
+            .admission(endpoint, kind, operation, metrics::Result::Error);
+        response
     }
 }
 
@@ -476,20 +448,12 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     ApiError::new(rejection.status(), rejection.body_text())
 }
 
+/// `/readyz` on the TLS port: the same answer as the admin port's.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
-    }
-}
-
-/// The metrics label for a kind: bounded, since the kind comes from the client.
-fn kind_label(kind: &str) -> &'static str {
-    match kind {
-        "Pod" => "Pod",
-        "Deployment" => "Deployment",
-        _ => "other",
+    use crate::process::admin::Admin as _;
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -543,7 +507,7 @@ async fn parse_and_admit(
                 })?;
             seen.set(SeenRequest {
                 uid: request.uid.clone(),
-                kind: kind_label(&request.kind.kind),
+                kind: metrics::kind_label(&request.kind.kind),
                 operation: review::operation_label(&request.operation),
             });
             let review::Admission { summary, outcome } = review::admit(&pipeline, request);
@@ -574,15 +538,15 @@ async fn mutate(
 ) -> Result<Response, ApiError> {
     let admitted = parse_and_admit(&state, &seen, body, Answer::Mutate).await?;
     let m = &state.metrics;
-    m.duration.observe(admitted.elapsed.as_secs_f64());
     let summary = &admitted.summary;
+    m.admitted(admitted.elapsed, &summary.policies);
+    m.admission(
+        Endpoint::Mutate,
+        metrics::kind_label(&summary.kind),
+        summary.operation,
+        metrics::Result::Answered(summary.verdict),
+    );
     let verdict = summary.verdict.as_str();
-    m.requests
-        .with_label_values(&[kind_label(&summary.kind), summary.operation, verdict])
-        .inc();
-    for policy in &summary.policies {
-        m.policy_changes.with_label_values(&[policy]).inc();
-    }
     tracing::info!(
         uid = %Clipped(&summary.uid),
         kind = %Clipped(&summary.kind),

@@ -7,7 +7,8 @@
 //! and logged, one line per object. That is the canary: the numbers a
 //! namespace would see, without the namespace seeing anything.
 
-use super::{kind_label, parse_and_admit, Answer, ApiError, AppState, Seen};
+use super::endpoint::Endpoint;
+use super::{parse_and_admit, Answer, ApiError, AppState, Seen};
 use crate::clip::Clipped;
 use crate::metrics::Metrics;
 use crate::patch::{str_at, Change};
@@ -20,9 +21,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
-
-/// The `result` label of `calmplane_admission_requests_total` for `/report`.
-pub const REPORT_RESULT: &str = "report";
 
 /// What one object would have been changed by, in pipeline order.
 pub struct WouldChange<'a> {
@@ -127,11 +125,14 @@ pub(super) async fn report(
 ) -> Result<Response, ApiError> {
     let admitted = parse_and_admit(&state, &seen, body, Answer::Report).await?;
     let m = &state.metrics;
-    m.duration.observe(admitted.elapsed.as_secs_f64());
     let summary = &admitted.summary;
-    m.requests
-        .with_label_values(&[kind_label(&summary.kind), summary.operation, REPORT_RESULT])
-        .inc();
+    m.admitted(admitted.elapsed, &[]);
+    m.admission(
+        Endpoint::Report,
+        crate::metrics::kind_label(&summary.kind),
+        summary.operation,
+        crate::metrics::Result::Answered(summary.verdict),
+    );
     if let Some(line) = &admitted.report {
         record(m, summary, line, "/report");
     }

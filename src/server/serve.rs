@@ -7,7 +7,7 @@
 
 use super::listener::{self, Limits};
 use super::tls::{TlsError, TlsPaths, TlsStore};
-use super::{admin_router, router, AppState};
+use super::{router, AppState};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, SystemClock};
@@ -176,7 +176,7 @@ impl Server {
         // scrape the last counts during the drain.
         let admin = tokio::spawn(super::listener::serve_admin(
             metrics_listener,
-            admin_router(state.clone()),
+            crate::process::admin::router(state.clone()),
             opts.limits.clone(),
             std::future::pending(),
         ));

@@ -64,8 +64,20 @@ impl Process {
     /// are picked here and bound by the child; another process could take one
     /// in between, so a failed start is retried with new ports.
     pub async fn start(bin: &Path, log_format: &str, serve_args: &[&str]) -> Process {
+        Process::start_logging(bin, log_format, serve_args, true).await
+    }
+
+    /// [`Process::start`], its log kept in a file when `keep_log`, else
+    /// discarded: a soak at thousands of requests a second writes gigabytes
+    /// of it, and the log path is exercised all the same.
+    pub async fn start_logging(
+        bin: &Path,
+        log_format: &str,
+        serve_args: &[&str],
+        keep_log: bool,
+    ) -> Process {
         for attempt in 1..=5 {
-            let mut process = Process::spawn(bin, log_format, serve_args);
+            let mut process = Process::spawn(bin, log_format, serve_args, keep_log);
             if process.wait_healthy().await {
                 return process;
             }
@@ -74,7 +86,7 @@ impl Process {
         panic!("calmplane did not start");
     }
 
-    fn spawn(bin: &Path, log_format: &str, serve_args: &[&str]) -> Process {
+    fn spawn(bin: &Path, log_format: &str, serve_args: &[&str], keep_log: bool) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let certs =
             calmplane::certs::generate(&calmplane::certs::serving_names("calmplane", "calmplane"))
@@ -101,7 +113,11 @@ impl Process {
             .env_remove("CALMPLANE_LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(if keep_log {
+                Stdio::from(std::fs::File::create(&log).unwrap())
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start calmplane");
         Process {

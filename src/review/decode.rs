@@ -1,20 +1,9 @@
-//! The AdmissionReview v1 envelope: request bytes in, response bytes out.
-//!
-//! The envelope is read in one pass. The apiserver sends the request's `kind`
-//! before `object` and `oldObject`, so by the time the objects come the shape
-//! to read them with is known, and only the members the policies read become
-//! a `serde_json::Value` ([`view`]); the rest is skipped, never copied. (A
-//! body with the objects first keeps them as borrowed text, `&RawValue`, and
-//! builds them once the kind is read.) We reuse kube's `Operation` and
-//! `GroupVersionKind`, but not its `AdmissionRequest<T>`: that forces the
-//! object through a typed `ObjectMeta` (dropping fields it does not know), and
-//! its `AdmissionResponse.patch` serialises as an array of numbers, while the
-//! apiserver expects the documented base64 string.
+//! Reading an AdmissionReview v1: the envelope in one pass, and the view of
+//! its objects ([`crate::view`]) within what they may cost.
 
-use crate::pipeline::{Outcome, Pipeline};
-use crate::policy::{Context, Kind, Reads, Templates};
+use super::API_VERSION;
+use crate::policy::{Kind, Reads, Templates};
 use crate::view::{self, Keys, Shape};
-use kube::core::admission::Operation;
 use kube::core::GroupVersionKind;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -22,11 +11,6 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write as _;
-
-/// The only AdmissionReview version calmplane speaks, and the only one the
-/// webhook configuration asks the apiserver for.
-pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Why a body is not an AdmissionReview we can answer. Each is a 400.
 #[derive(Debug, thiserror::Error)]
@@ -344,73 +328,6 @@ pub struct RequestIn<'a> {
     pub view: bool,
 }
 
-/// How a request ended, for metrics and the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The policies ran and the response carries a patch.
-    Mutated,
-    /// The policies ran and had nothing to change.
-    Unchanged,
-    /// No policy could run: a kind or operation calmplane does not mutate,
-    /// a subresource, or no object.
-    Skipped,
-}
-
-impl Verdict {
-    /// The `result` label value of `calmplane_admission_requests_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Mutated => "mutated",
-            Verdict::Unchanged => "unchanged",
-            Verdict::Skipped => "skipped",
-        }
-    }
-}
-
-/// Everything worth logging and counting about one admission.
-#[derive(Debug)]
-pub struct Summary {
-    /// Identifies the request in the log line; the response echoes it.
-    pub uid: String,
-    /// The request's kind, any kind, as sent (a metrics label).
-    pub kind: String,
-    /// The request's namespace; empty for cluster-scoped objects.
-    pub namespace: String,
-    /// The operation as a bounded label (`other` for unknown ones), so a
-    /// client cannot grow the metric's label set.
-    pub operation: &'static str,
-    /// How the request ended (the `result` label).
-    pub verdict: Verdict,
-    /// The policies that changed the object, in order.
-    pub policies: Vec<&'static str>,
-}
-
-/// The wire name of a kube `Operation`, e.g. `CREATE`.
-pub fn operation_str(op: &Operation) -> &'static str {
-    match op {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
-}
-
-/// The wire name of an operation, as kube's `Operation`.
-pub fn parse_operation(op: &str) -> Option<Operation> {
-    match op {
-        "CREATE" => Some(Operation::Create),
-        "UPDATE" => Some(Operation::Update),
-        "DELETE" => Some(Operation::Delete),
-        "CONNECT" => Some(Operation::Connect),
-        _ => None,
-    }
-}
-
-/// A bounded label for metrics and logs: the operation comes from the client.
-pub fn operation_label(op: &str) -> &'static str {
-    parse_operation(op).as_ref().map_or("other", operation_str)
-}
-
 /// Parse an AdmissionReview v1 for `/mutate`: only what the policies read
 /// is built (`reads`: what the pipeline's policy file makes them read, from
 /// [`Pipeline::reads`]), within [`crate::budget::view_limit`] of the body.
@@ -580,133 +497,9 @@ impl<'de> Visitor<'de> for IsObject {
     }
 }
 
-/// What admitting one request produced: what to count and log, and what the
-/// pipeline did. The server answers with [`Admission::response_body`];
-/// preview shows the outcome itself.
-#[derive(Debug)]
-pub struct Admission {
-    /// For metrics and the log line.
-    pub summary: Summary,
-    /// The patched object, the patch, the change notes and warnings.
-    pub outcome: Outcome,
-}
-
-impl Admission {
-    /// The AdmissionReview v1 response for this admission.
-    pub fn response_body(&self) -> String {
-        response_body(&self.summary.uid, &self.outcome)
-    }
-}
-
-/// Run the pipeline for one parsed request.
-pub fn admit(pipeline: &Pipeline, request: RequestIn<'_>) -> Admission {
-    let RequestIn {
-        uid,
-        kind: gvk,
-        sub_resource,
-        namespace,
-        operation,
-        object,
-        old_object,
-        templates,
-        view,
-    } = request;
-    let kind = Kind::of(&gvk);
-    let operation_label = operation_label(&operation);
-    let operation = parse_operation(&operation);
-    let mutable = matches!(operation, Some(Operation::Create | Operation::Update))
-        && sub_resource.as_deref().unwrap_or("").is_empty();
-    let mut summary = Summary {
-        uid,
-        kind: gvk.kind,
-        namespace: namespace.clone().unwrap_or_default(),
-        operation: operation_label,
-        verdict: Verdict::Skipped,
-        policies: Vec::new(),
-    };
-    let outcome = match (kind, object, operation) {
-        (Some(kind), Some(object), Some(operation)) if mutable && object.is_object() => {
-            let ctx = Context::new(kind, operation)
-                .in_namespace(namespace.as_deref())
-                .replacing(old_object.as_ref(), templates);
-            let outcome = if view {
-                pipeline.run_in_view(&ctx, object)
-            } else {
-                pipeline.run(&ctx, object)
-            };
-            summary.verdict = if outcome.patch.is_empty() {
-                Verdict::Unchanged
-            } else {
-                Verdict::Mutated
-            };
-            summary.policies = outcome.policies.clone();
-            outcome
-        }
-        (_, object, _) => Outcome::unchanged(object.unwrap_or(Value::Null)),
-    };
-    Admission { summary, outcome }
-}
-
-/// The AdmissionReview v1 response. `allowed` is always true: calmplane only
-/// defaults, it never denies.
-///
-/// Written straight into one buffer: the envelope by hand around
-/// serde_json's strings, and the JSON Patch base64-encoded in place, with no
-/// envelope struct and no intermediate base64 string.
-pub fn response_body(uid: &str, outcome: &Outcome) -> String {
-    let mut out = Vec::with_capacity(256 + 96 * outcome.patch.len());
-    // Writing to a Vec cannot fail and JSON values and strings always
-    // serialise, so the empty fallback is never taken; it only keeps a panic
-    // off the request path.
-    if write_response(&mut out, uid, outcome).is_err() {
-        return String::new();
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
-fn write_response(out: &mut Vec<u8>, uid: &str, outcome: &Outcome) -> std::io::Result<()> {
-    out.extend_from_slice(b"{\"apiVersion\":\"");
-    out.extend_from_slice(API_VERSION.as_bytes());
-    out.extend_from_slice(b"\",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
-    serde_json::to_writer(&mut *out, uid)?;
-    out.extend_from_slice(b",\"allowed\":true");
-    if !outcome.patch.is_empty() {
-        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
-        // The patch JSON is written once, then encoded straight into the
-        // response. (A streaming base64 writer under serde_json was slower:
-        // it pays per token, and serde_json writes many small tokens.)
-        let json = serde_json::to_vec(&outcome.patch)?;
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let start = out.len();
-        out.resize(
-            start + base64::encoded_len(json.len(), true).unwrap_or(0),
-            0,
-        );
-        let written = base64::Engine::encode_slice(engine, &json, &mut out[start..])
-            .map_err(std::io::Error::other)?;
-        out.truncate(start + written);
-        out.push(b'"');
-    }
-    if let Some((first, rest)) = outcome.policies.split_first() {
-        // Policy names are our own constants: lower-case letters and dashes,
-        // nothing to escape.
-        out.extend_from_slice(b",\"auditAnnotations\":{\"policies\":\"");
-        out.extend_from_slice(first.as_bytes());
-        for name in rest {
-            out.push(b',');
-            out.extend_from_slice(name.as_bytes());
-        }
-        out.extend_from_slice(b"\"}");
-    }
-    if !outcome.warnings.is_empty() {
-        out.extend_from_slice(b",\"warnings\":");
-        serde_json::to_writer(&mut *out, &outcome.warnings)?;
-    }
-    out.write_all(b"}}")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::admit;
     use super::*;
     use crate::pipeline::Pipeline;
     use serde_json::json;
@@ -789,43 +582,10 @@ mod tests {
     }
 
     #[test]
-    fn the_response_is_one_json_document_with_a_base64_patch() {
-        use base64::Engine as _;
-        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a\"b\\c\u00e9","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"ns","object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c"}]}}}}"#;
-        let admission = admit(&Pipeline::with_defaults(), parse(body, &reads()).unwrap());
-        let response: Value = serde_json::from_str(&admission.response_body()).unwrap();
-        let r = &response["response"];
-        assert_eq!(r["uid"], "a\"b\\c\u{e9}");
-        assert_eq!(r["patchType"], "JSONPatch");
-        let patch = base64::engine::general_purpose::STANDARD
-            .decode(r["patch"].as_str().unwrap())
-            .unwrap();
-        let patch: Vec<json_patch::PatchOperation> = serde_json::from_slice(&patch).unwrap();
-        assert_eq!(patch, admission.outcome.patch);
-        assert_eq!(r["auditAnnotations"]["policies"], "dns,prestop");
-        let warnings = r
-            .get("warnings")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        assert_eq!(warnings, admission.outcome.warnings.len());
-    }
-
-    #[test]
     fn invalid_utf8_is_not_json_and_says_where() {
         let body = b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"\xff\"}";
         let err = parse(body, &reads()).unwrap_err();
         assert!(matches!(err, ReviewError::NotJson(_)), "{err}");
         assert!(err.to_string().contains("column"), "{err}");
-    }
-
-    #[test]
-    fn policy_names_need_no_escaping() {
-        // The response writes them into a JSON string as they are.
-        for name in crate::policy::names() {
-            assert!(
-                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
-                "{name}"
-            );
-        }
     }
 }

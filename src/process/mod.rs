@@ -1,9 +1,54 @@
-//! What every long-running calmplane process sets up the same way: its
-//! async runtime, its file-descriptor limit and its shutdown signal.
-//! `calmplane serve` and `calmplane lease-monitor` both start here.
+//! What every long-running calmplane process sets up the same way: its log,
+//! its async runtime, its file-descriptor limit, its shutdown signal and its
+//! admin port. `calmplane serve` and `calmplane lease-monitor` both start
+//! here, as kubert's `admin` and `shutdown` modules serve every binary built
+//! on it.
+
+pub mod admin;
+pub mod batch_log;
 
 use crate::budget;
 use tokio::runtime::Runtime;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for a log collector.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Why the log could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("starting the log writer thread: {0}")]
+pub struct LogError(#[from] std::io::Error);
+
+/// Log to stderr in `format`, at the level `CALMPLANE_LOG` names (`info`
+/// by default). Logging must never block a request, nor wake a thread per
+/// line: lines are gathered and written by a background thread
+/// ([`batch_log`]). Hold the guard until the process ends.
+pub fn init_logging(format: LogFormat) -> Result<batch_log::FlushGuard, LogError> {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = batch_log::BatchWriter::new(std::io::stderr())?;
+    let filter =
+        EnvFilter::try_from_env("CALMPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: a log collector would store the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(guard)
+}
 
 /// The multi-threaded runtime, with the blocking pool capped at
 /// [`budget::MAX_BLOCKING_THREADS`] (tokio's default, 512 threads, each with
