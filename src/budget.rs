@@ -197,7 +197,9 @@ pub const ADMIN_MAX_HEADER_BYTES: usize = 8 * KIB;
 pub const ADMIN_CONNECTION: usize = 24 * KIB;
 
 /// Work whose cost grows with the body runs off the runtime's workers once
-/// the body is larger than this: about a millisecond of parsing.
+/// the body is larger than this: large enough that parsing it would hold a
+/// worker, and the probes queued behind it, for a few hundred microseconds
+/// (the parse rates of `stage/*/parse` in `cargo bench --bench pipeline`).
 pub const INLINE_BODY: usize = 256 * KIB;
 
 /// Admission requests above [`INLINE_BODY`] being worked on at once, off the

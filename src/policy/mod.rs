@@ -466,3 +466,98 @@ pub(crate) fn is_windows(obj: &Value) -> bool {
     str_at(obj, &["spec", "os", "name"]) == Some("windows")
         || str_at(obj, &["spec", "nodeSelector", "kubernetes.io/os"]) == Some("windows")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configure_yaml(yaml: &str) -> Result<Vec<Configured>, ConfigError> {
+        configure(&Config::from_yaml(yaml, "policy.yaml").unwrap())
+    }
+
+    #[test]
+    fn the_example_file_spells_out_every_policy_s_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.yaml");
+        let config = Config::load(&path).unwrap();
+        for entry in ALL {
+            // The test-only probe has no place in the shipped example.
+            if entry.name == "probe" {
+                continue;
+            }
+            assert!(
+                config.section_keys().any(|k| k == entry.section),
+                "examples/policy.yaml has no `{}` section",
+                entry.section
+            );
+            assert_eq!(
+                entry.settings_of(&config).unwrap(),
+                entry.default_settings(),
+                "{}",
+                entry.section
+            );
+            let section = config.section(entry.section);
+            assert!(section.enabled, "{}", entry.section);
+            assert_eq!(
+                section.enforcement,
+                Enforcement::Enforce,
+                "{}",
+                entry.section
+            );
+        }
+    }
+
+    #[test]
+    fn partial_sections_keep_the_other_defaults() {
+        let config = Config::from_yaml("dns:\n  ndots: 3\nprestop:\n  mode: exec\n", "p").unwrap();
+        let dns = settings::<dns::Dns>(&config).unwrap();
+        assert_eq!(dns.ndots, 3);
+        assert!(dns.single_request_reopen);
+        let prestop = settings::<prestop::Prestop>(&config).unwrap();
+        assert_eq!(prestop.mode, prestop::PrestopMode::Exec);
+        assert_eq!(prestop.sleep_seconds, 5);
+    }
+
+    #[test]
+    fn typos_unknown_sections_and_bad_values_are_named() {
+        for (yaml, says) in [
+            ("dns:\n  ndot: 3\n", "unknown field `ndot`"),
+            ("dns:\n  ndots: 0\n", "dns.ndots: 0 is out of range"),
+            (
+                "prestop:\n  minDrainSeconds: 0\n",
+                "prestop.minDrainSeconds",
+            ),
+            ("lease:\n  mode: pods\n", "unknown variant `pods`"),
+            // `mode: report` is not an enforcement: it names what lease writes.
+            ("lease: {mode: report}\n", "unknown variant `report`"),
+            ("lease:\n  flags: [lease]\n", "lease.flags"),
+            ("dnss: {}\n", "dnss: no policy has this section"),
+            // A disabled section is still checked: a typo is still a typo.
+            ("dns: {enabled: false, ndot: 3}\n", "unknown field `ndot`"),
+        ] {
+            let e = configure_yaml(yaml).err().unwrap().to_string();
+            assert!(e.contains(says), "{yaml}: {e}");
+            assert!(e.contains("policy.yaml"), "{e}");
+        }
+        let e = configure_yaml("dnss: {}\n").err().unwrap().to_string();
+        for entry in ALL {
+            assert!(e.contains(entry.section), "{e}");
+        }
+    }
+
+    #[test]
+    fn enforcement_is_each_section_s_own() {
+        let configured = configure_yaml(
+            "dns: {enforcement: report}\nprestop: {mode: exec, enforcement: report}\n",
+        )
+        .unwrap();
+        for c in configured {
+            let report = ["dns", "prestop"].contains(&c.policy.name());
+            assert_eq!(
+                c.enforcement == Enforcement::Report,
+                report,
+                "{}",
+                c.policy.name()
+            );
+        }
+    }
+}

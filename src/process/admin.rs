@@ -52,6 +52,8 @@ async fn readyz(State(admin): State<Arc<dyn Admin>>) -> Response {
 }
 
 /// 413 for a request that carries a body, on a port whose routes read none.
+/// Plain text, as every answer of this port is (it has no error type of
+/// its own: it has nothing else to refuse).
 async fn refuse_bodies(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
     let announced = request
@@ -60,7 +62,11 @@ async fn refuse_bodies(request: axum::extract::Request, next: axum::middleware::
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if chunked || announced.is_some_and(|n| n > 0) {
-        return crate::server::ApiError::too_large(0).into_response();
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "this port takes no request bodies\n",
+        )
+            .into_response();
     }
     next.run(request).await
 }

@@ -330,7 +330,7 @@ pub struct RequestIn<'a> {
 
 /// Parse an AdmissionReview v1 for `/mutate`: only what the policies read
 /// is built (`reads`: what the pipeline's policy file makes them read, from
-/// [`Pipeline::reads`]), within [`crate::budget::view_limit`] of the body.
+/// [`Pipeline::reads`](crate::pipeline::Pipeline::reads)), within [`crate::budget::view_limit`] of the body.
 pub fn parse<'a>(body: &'a [u8], reads: &Reads) -> Result<RequestIn<'a>, ReviewError> {
     let budget = view::Budget::new(crate::budget::view_limit(body.len()));
     parse_with(body, Extent::Read(reads), &budget)

@@ -31,9 +31,9 @@ pub enum Exceeded {
 
 /// The bytes a view may take; see the module docs. Counted as the view is
 /// built: arrays by the buffers they allocate as they grow (the old buffer
-/// is counted until the new one replaces it), maps by [`ENTRY`] per member,
+/// is counted until the new one replaces it), maps by `ENTRY` per member,
 /// strings by their bytes. With a pool, the budget draws what it counts from
-/// it, [`DRAW`] bytes at a time, and gives it back when dropped: keep the
+/// it, `DRAW` bytes at a time, and gives it back when dropped: keep the
 /// budget as long as the view.
 #[derive(Debug)]
 pub struct Budget {

@@ -23,14 +23,14 @@
 //!
 //! The admin port (`/metrics`, `/healthz`, `/readyz`, for Prometheus and the
 //! kubelet) takes the same timers with a smaller cap ([`serve_admin`]).
-//! [`phases`] tracks a connection's request cycle, [`shed`] turns work away
-//! when the CPU is saturated.
+//! `phases.rs` tracks a connection's request cycle, `shed.rs` turns work
+//! away when the CPU is saturated.
 
 mod phases;
 mod shed;
 
-use super::budget;
 use super::tls::TlsStore;
+use crate::budget;
 use crate::metrics::{HandshakeOutcome, Metrics};
 use axum::Router;
 use hyper_util::rt::TokioIo;
