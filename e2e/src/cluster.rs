@@ -49,7 +49,12 @@ impl Cluster {
     /// Start etcd, the apiserver and the controller-manager, and wait until
     /// the apiserver is ready and the controller-manager has created the
     /// `default` ServiceAccount.
-    pub async fn start() -> Result<Cluster> {
+    ///
+    /// The apiserver presents its webhook client certificate
+    /// ([`Pki::webhook_client_cert`]) to the webhook at `webhook_client_host`
+    /// (`host:port` of its `clientConfig.url`) and to no other: see
+    /// `write_admission_config` below.
+    pub async fn start(webhook_client_host: &str) -> Result<Cluster> {
         let bin = bin_dir();
         for name in [
             "etcd",
@@ -74,6 +79,7 @@ impl Cluster {
         };
         eprintln!("control plane files and logs in {}", dir.display());
         let pki = pki::write(&dir.join("pki"))?;
+        let admission_config = write_admission_config(&dir, &pki, webhook_client_host)?;
 
         let client_port = free_port()?;
         let peer_port = free_port()?;
@@ -110,6 +116,10 @@ impl Cluster {
                 pki.apiserver_key.display()
             ))
             .arg(format!("--client-ca-file={}", pki.ca.display()))
+            .arg(format!(
+                "--admission-control-config-file={}",
+                admission_config.display()
+            ))
             .arg("--authorization-mode=RBAC")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!(
@@ -233,6 +243,55 @@ impl Cluster {
         cmd.env("KUBECONFIG", &self.kubeconfig);
         cmd
     }
+}
+
+/// Write the apiserver's `--admission-control-config-file` into `dir`, and
+/// the kubeconfig it names; the path of the first.
+///
+/// The webhook admission plugins read only `users` from that kubeconfig, and
+/// pick the entry for a call by the webhook's address (k8s.io/apiserver
+/// `pkg/util/webhook/authentication.go`, `clientConfig`): the exact
+/// `host:port` of a `clientConfig.url` (`name.namespace.svc:port` for a
+/// `clientConfig.service`), then `*.`-prefixed names, then the same without
+/// a port of 443, then `*`, then the current context's user; with none of
+/// them, no credentials. The suite registers calmplane by URL on loopback
+/// ports, so the one entry is named after the address `127.0.0.1:<port>`.
+/// There is no `*` entry and no current context: every other webhook
+/// (calmplane without `--client-ca`, the harness's own) is called exactly as
+/// without this file. A TLS client only sends a certificate when the server
+/// asks for one, and only calmplane with `--client-ca` asks.
+///
+/// The file formats are `AdmissionConfiguration` and
+/// `WebhookAdmissionConfiguration` of `apiserver.config.k8s.io/v1`; the
+/// apiserver refuses a relative `kubeConfigFile`.
+fn write_admission_config(dir: &Path, pki: &Pki, webhook_client_host: &str) -> Result<PathBuf> {
+    let kubeconfig = std::path::absolute(dir.join("webhook-client.kubeconfig"))?;
+    let cert = std::path::absolute(&pki.webhook_client_cert)?;
+    let key = std::path::absolute(&pki.webhook_client_key)?;
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: \"{webhook_client_host}\"\n  user:\n    client-certificate: \"{}\"\n    client-key: \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )?;
+    let plugin = |name: &str| {
+        format!(
+            "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: \"{}\"\n",
+            kubeconfig.display()
+        )
+    };
+    let config = dir.join("admission-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+            plugin("MutatingAdmissionWebhook"),
+            plugin("ValidatingAdmissionWebhook")
+        ),
+    )?;
+    Ok(config)
 }
 
 fn get(path: &str) -> Result<http::Request<Vec<u8>>> {

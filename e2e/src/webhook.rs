@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{json, Value};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,23 +47,44 @@ pub struct Calmplane {
     pub addr: SocketAddr,
     /// The plaintext metrics port.
     pub metrics_addr: SocketAddr,
+    /// Its name in the run's directory: `<name>.log`, `<name>-certs/`.
+    name: String,
+    /// `serve` flags beyond the ones every instance gets (`--client-ca`...).
+    args: Vec<OsString>,
     log_dir: PathBuf,
     child: Child,
 }
 
 impl Calmplane {
-    /// Generate certificates and start serving. The certificate directory
-    /// is laid out as the kubelet lays out a Secret volume (`tls.crt ->
-    /// ..data/tls.crt`, `..data -> <generation>/`), so that it can be
-    /// rotated both in place and by swapping the `..data` symlink.
+    /// Generate certificates and start serving on a free port, with no
+    /// further flags: the instance every case shares.
     pub async fn start(bin: PathBuf, dir: &Path) -> Result<Calmplane> {
-        let certs = dir.join("calmplane-certs");
+        let addr = ([127, 0, 0, 1], free_port()?).into();
+        Calmplane::start_with(bin, dir, "calmplane", addr, Vec::new()).await
+    }
+
+    /// Generate certificates and start serving on `addr` with the further
+    /// `serve` flags `args`, logging to `<dir>/<name>.log`. The certificate
+    /// directory `<dir>/<name>-certs` is laid out as the kubelet lays out a
+    /// Secret volume (`tls.crt -> ..data/tls.crt`, `..data ->
+    /// <generation>/`), so that it can be rotated both in place and by
+    /// swapping the `..data` symlink.
+    pub async fn start_with(
+        bin: PathBuf,
+        dir: &Path,
+        name: &str,
+        addr: SocketAddr,
+        args: Vec<OsString>,
+    ) -> Result<Calmplane> {
+        let certs = dir.join(format!("{name}-certs"));
         std::fs::create_dir_all(&certs)?;
         let mut calmplane = Calmplane {
             bin,
             certs,
-            addr: ([127, 0, 0, 1], free_port()?).into(),
+            addr,
             metrics_addr: ([127, 0, 0, 1], free_port()?).into(),
+            name: name.to_string(),
+            args,
             log_dir: dir.to_path_buf(),
             child: Child::none(),
         };
@@ -111,6 +133,14 @@ impl Calmplane {
         self.child.kill();
     }
 
+    /// Stop it and start it again with the further `serve` flags `args`
+    /// instead of the ones it had.
+    pub async fn restart_with(&mut self, args: Vec<OsString>) -> Result<()> {
+        self.stop();
+        self.args = args;
+        self.resume().await
+    }
+
     /// Start it again on the same ports with the same certificates, and wait
     /// until it serves.
     pub async fn resume(&mut self) -> Result<()> {
@@ -124,8 +154,9 @@ impl Calmplane {
             .arg(self.certs.join("tls.key"))
             .arg("--reload-interval=200ms")
             .arg("--shutdown-delay=0s")
+            .args(&self.args)
             .env("CALMPLANE_LOG", "warn");
-        self.child = Child::spawn("calmplane", cmd, &self.log_dir)?;
+        self.child = Child::spawn(&self.name, cmd, &self.log_dir)?;
         let metrics_addr = self.metrics_addr;
         let child = &mut self.child;
         wait_until(Duration::from_secs(30), || {
@@ -181,6 +212,121 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<String> {
         bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_string())
+}
+
+/// What a request over TLS got back: the status code and the body.
+#[derive(Debug)]
+pub struct TlsResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The body.
+    pub body: String,
+}
+
+/// The rustls client config of [`tls_request`] and [`tls12_handshake`]:
+/// trust only `ca_pem` for the server, present `client` (certificate PEM
+/// file, key PEM file) when given.
+fn client_config(
+    ca_pem: &str,
+    client: Option<(&Path, &Path)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots);
+    Ok(match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key)?)?
+        }
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// A TLS 1.2 handshake with `addr`, presenting `client`, and nothing after
+/// it. In TLS 1.2 the server checks a client certificate before it finishes
+/// the handshake, so its refusal is the handshake's error, read as an
+/// alert. (In TLS 1.3 the client's handshake is done before the server has
+/// checked: the alert comes after, and can lose the race with the client's
+/// first write, which then fails with a broken pipe instead.)
+pub async fn tls12_handshake(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<(&Path, &Path)>,
+) -> Result<()> {
+    let config = client_config(ca_pem, client, &[&rustls::version::TLS12])?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector
+        .connect(
+            rustls::pki_types::ServerName::try_from(addr.ip().to_string())?,
+            tcp,
+        )
+        .await
+        .context("TLS 1.2 handshake")?;
+    Ok(())
+}
+
+/// One HTTP/1.1 request to `addr` over TLS 1.3 or 1.2 (as the apiserver
+/// offers them), trusting only `ca_pem` for the server, and presenting `client`
+/// (certificate PEM file, key PEM file) when given, as the apiserver does.
+/// An error when the handshake or the exchange fails.
+pub async fn tls_request(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<(&Path, &Path)>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<TlsResponse> {
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = client_config(ca_pem, client, rustls::DEFAULT_VERSIONS)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from(addr.ip().to_string())?, tcp)
+        .await
+        .context("TLS handshake")?;
+    // Head and body in one write: calmplane refuses a request before it
+    // reads the body, and a body arriving after it closed the connection
+    // would be answered with a reset that can cost the client the response.
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    tls.write_all(&request).await?;
+    tls.flush().await?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response).await {
+        Ok(_) => {}
+        // A server that closes without close_notify after a complete
+        // response (Connection: close) is no failure of the exchange.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e).context("reading the response"),
+    }
+    let response = String::from_utf8(response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok(TlsResponse {
+        status,
+        body: body.to_string(),
+    })
 }
 
 /// Server-side apply `config` (a MutatingWebhookConfiguration) as field

@@ -38,16 +38,25 @@ const IMAGE: &str = "registry.k8s.io/pause:3.10";
 struct Env {
     cluster: Cluster,
     calmplane: Mutex<Calmplane>,
+    /// The calmplane binary, for cases that start an instance of their own.
+    bin: PathBuf,
+    /// Holds the port of case 13's calmplane until that case starts it: the
+    /// apiserver's webhook client kubeconfig names it (see
+    /// [`Cluster::start`]), and the apiserver reads that file only at start.
+    mtls_port: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Env {
     async fn start() -> Result<Env> {
         let bin = calmplane_bin()?;
-        let cluster = Cluster::start().await?;
-        let calmplane = Calmplane::start(bin, &cluster.dir).await?;
+        let mtls_port = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let cluster = Cluster::start(&mtls_port.local_addr()?.to_string()).await?;
+        let calmplane = Calmplane::start(bin.clone(), &cluster.dir).await?;
         let env = Env {
             cluster,
             calmplane: Mutex::new(calmplane),
+            bin,
+            mtls_port: std::sync::Mutex::new(Some(mtls_port)),
         };
         env.register_calmplane().await?;
         Ok(env)
@@ -806,10 +815,14 @@ async fn c4_dry_run_and_diff(env: &Env) -> Result<()> {
 // --- 5 ----------------------------------------------------------------------
 
 fn fail_open(metrics: &str) -> f64 {
+    fail_open_of(metrics, PODS_WEBHOOK)
+}
+
+fn fail_open_of(metrics: &str, webhook: &str) -> f64 {
     prom::sum(
         metrics,
         "apiserver_admission_webhook_fail_open_count",
-        &[("name", PODS_WEBHOOK)],
+        &[("name", webhook)],
     )
 }
 
@@ -1456,6 +1469,261 @@ async fn c12_audit_live_matches_file(env: &Env) -> Result<()> {
     anyhow::bail!("audit --live and audit -f differ three times in a row:\n{last}")
 }
 
+// --- 13 ---------------------------------------------------------------------
+
+/// The namespace label case 13's webhook configuration selects (instead of
+/// `calmplane.dev/enabled`, so the shared calmplane never sees its Pods).
+const MTLS_LABEL: &str = "e2e.calmplane.dev/mtls";
+/// Case 13's Pod webhook, named apart from the shared one's in the
+/// apiserver's metrics.
+const MTLS_PODS_WEBHOOK: &str = "pods.mtls.calmplane.dev";
+
+/// calmplane's count of admission requests that failed before it read them
+/// (no kind, no operation): what it refused for the client certificate.
+fn refused(metrics: &str) -> f64 {
+    prom::sum(
+        metrics,
+        "calmplane_admission_requests_total",
+        &[
+            ("kind", "unknown"),
+            ("operation", "unknown"),
+            ("result", "error"),
+        ],
+    )
+}
+
+/// The apiserver's calls to `webhook` for a Pod CREATE that ended in HTTP
+/// `code` (`apiserver_admission_webhook_request_total`; a failed call counts
+/// with the status the webhook answered).
+fn webhook_requests(metrics: &str, webhook: &str, code: &str) -> f64 {
+    prom::sum(
+        metrics,
+        "apiserver_admission_webhook_request_total",
+        &[
+            ("name", webhook),
+            ("type", "admit"),
+            ("operation", "CREATE"),
+            ("code", code),
+        ],
+    )
+}
+
+/// The AdmissionReview the apiserver would send for creating `pod` in `ns`.
+fn admission_review(ns: &str, pod: &Pod) -> Result<Vec<u8>> {
+    let gvk = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let gvr = json!({"group": "", "version": "v1", "resource": "pods"});
+    Ok(serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "0b5c6a1e-13c1-4e2e-9d3a-c13c13c13c13",
+            "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+            "name": pod.metadata.name, "namespace": ns, "operation": "CREATE",
+            "userInfo": {"username": "calmplane-e2e"},
+            "object": pod, "oldObject": null, "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    }))?)
+}
+
+/// The real apiserver authenticates to calmplane with a client certificate
+/// (`--admission-control-config-file`, see [`Cluster::start`]): calmplane
+/// with `--client-ca` and `--client-subject` mutates the apiserver's Pods,
+/// answers 403 on /mutate to a client without a certificate or with another
+/// subject of the same CA while its probes answer 200, fails the handshake
+/// of a certificate from another CA, and counts exactly the refused
+/// requests. With `--client-subject` naming someone else, the apiserver's
+/// calls are refused and its Pods admitted unmutated (failurePolicy Ignore).
+async fn c13_client_certificates(env: &Env) -> Result<()> {
+    use calmplane_e2e::pki::{OTHER_CLIENT_CN, WEBHOOK_CLIENT_CN};
+    use calmplane_e2e::webhook::{plain_get, tls12_handshake, tls_request};
+    use std::ffi::OsString;
+    let pki = &env.cluster.pki;
+    let addr = {
+        let reserved = env
+            .mtls_port
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .context("case 13's port was taken already")?;
+        reserved.local_addr()?
+        // Dropped here, so that calmplane can bind it.
+    };
+    let args = |subject: &str| -> Vec<OsString> {
+        vec![
+            "--client-ca".into(),
+            pki.webhook_client_ca.clone().into(),
+            format!("--client-subject={subject}").into(),
+        ]
+    };
+    let mut mtls = Calmplane::start_with(
+        env.bin.clone(),
+        &env.cluster.dir,
+        "calmplane-mtls",
+        addr,
+        args(WEBHOOK_CLIENT_CN),
+    )
+    .await?;
+    // calmplane's own configuration for this instance, moved to a namespace
+    // label of its own and to webhook names of its own.
+    let mut config = mtls.webhook_configuration(&mtls.ca_bundle())?;
+    config["metadata"]["name"] = json!("calmplane-mtls");
+    for webhook in config["webhooks"].as_array_mut().context("webhooks")? {
+        let name = webhook["name"].as_str().context("webhook name")?;
+        webhook["name"] = json!(name.replace(".calmplane.dev", ".mtls.calmplane.dev"));
+        let labels = &mut webhook["namespaceSelector"]["matchLabels"];
+        let value = labels[ENABLED].take();
+        ensure!(value.is_string(), "no {ENABLED} in {labels}");
+        *labels = json!({ MTLS_LABEL: value });
+    }
+    apply_webhook_configuration(&env.client(), &config).await?;
+
+    let result: Result<()> = async {
+        let ns = env.namespace("c13", &[(MTLS_LABEL, "true")]).await?;
+        // The apiserver's certificate is accepted: Pods are mutated.
+        env.wait_mutating(&ns)
+            .await
+            .context("through calmplane with --client-ca")?;
+        let apiserver = env.metrics().await?;
+        let stored = env.create_pod(&ns, &pod_object("web", &[])).await?;
+        assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))?;
+        let apiserver_after = env.metrics().await?;
+        let answered = webhook_requests(&apiserver_after, MTLS_PODS_WEBHOOK, "200")
+            - webhook_requests(&apiserver, MTLS_PODS_WEBHOOK, "200");
+        ensure!(
+            answered == 1.0,
+            "{MTLS_PODS_WEBHOOK} answered the apiserver 200 {answered} times for one Pod"
+        );
+        let errors = prom::sum(
+            &mtls.metrics().await?,
+            "calmplane_admission_requests_total",
+            &[("result", "error")],
+        );
+        ensure!(
+            errors == 0.0,
+            "calmplane failed {errors} of the apiserver's requests"
+        );
+
+        // Direct requests, with the same AdmissionReview each time.
+        let ca = std::fs::read_to_string(mtls.ca_bundle())?;
+        let review = admission_review(&ns, &pod_object("direct", &[]))?;
+        let before = refused(&mtls.metrics().await?);
+        // With the apiserver's certificate the request is answered: the
+        // refusals below are for the certificate alone.
+        let apiserver_cert = (
+            pki.webhook_client_cert.as_path(),
+            pki.webhook_client_key.as_path(),
+        );
+        let ok = tls_request(addr, &ca, Some(apiserver_cert), "POST", "/mutate", &review).await?;
+        ensure!(ok.status == 200, "with the apiserver's certificate: {ok:?}");
+        let answer: Value = serde_json::from_str(&ok.body)?;
+        ensure!(
+            answer["response"]["allowed"] == true && answer["response"]["patch"].is_string(),
+            "with the apiserver's certificate, no patch: {answer}"
+        );
+        let none = tls_request(addr, &ca, None, "POST", "/mutate", &review).await?;
+        ensure!(none.status == 403, "/mutate without a certificate: {none:?}");
+        // The kubelet's probes carry no certificate.
+        for probe in ["/healthz", "/readyz"] {
+            let r = tls_request(addr, &ca, None, "GET", probe, b"").await?;
+            ensure!(r.status == 200, "{probe} without a certificate: {r:?}");
+            plain_get(mtls.metrics_addr, probe)
+                .await
+                .with_context(|| format!("{probe} on the admin port"))?;
+        }
+        let other = (
+            pki.other_client_cert.as_path(),
+            pki.other_client_key.as_path(),
+        );
+        let other = tls_request(addr, &ca, Some(other), "POST", "/mutate", &review).await?;
+        ensure!(
+            other.status == 403 && other.body.contains(OTHER_CLIENT_CN),
+            "/mutate with the CA's certificate for {OTHER_CLIENT_CN}: {other:?}"
+        );
+        // The admin's certificate, from the cluster CA: no handshake, so no
+        // request and nothing counted. The same certificate completes a
+        // handshake with the shared calmplane, which asks for none.
+        let admin = (pki.admin_cert.as_path(), pki.admin_key.as_path());
+        let handshake_errors = |metrics: &str| {
+            prom::sum(
+                metrics,
+                "calmplane_tls_handshakes_total",
+                &[("outcome", "error")],
+            )
+        };
+        let failed_before = handshake_errors(&mtls.metrics().await?);
+        let refusal = tls12_handshake(addr, &ca, Some(admin))
+            .await
+            .err()
+            .context("a certificate of another CA completed the handshake")?;
+        ensure!(
+            format!("{refusal:#}").contains("UnknownCA"),
+            "a certificate of another CA: {refusal:#}"
+        );
+        let failed = handshake_errors(&mtls.metrics().await?) - failed_before;
+        ensure!(
+            failed == 1.0,
+            "calmplane counted {failed} failed handshakes for one certificate of another CA"
+        );
+        let shared = {
+            let shared = env.calmplane.lock().await;
+            (shared.addr, std::fs::read_to_string(shared.ca_bundle())?)
+        };
+        tls12_handshake(shared.0, &shared.1, Some(admin))
+            .await
+            .context("the same certificate with the shared calmplane")?;
+        let counted = refused(&mtls.metrics().await?) - before;
+        ensure!(
+            counted == 2.0,
+            "calmplane counted {counted} refused requests, want 2 (no certificate, {OTHER_CLIENT_CN})"
+        );
+
+        // --client-subject naming someone else: the apiserver's certificate
+        // still passes the handshake, and every call of its is refused.
+        mtls.restart_with(args("someone-else")).await?;
+        // Exactly one call, the first after the restart: the apiserver's
+        // connections died with the old process, so it reaches calmplane on
+        // a new one, and calmplane counts it. Not more: calmplane answers a
+        // refused request without reading its body, and hyper closes the
+        // connection if the body had not all arrived, with no `Connection:
+        // close` in the answer to warn the client. The apiserver may send
+        // its next call on it, which fails without reaching calmplane, and
+        // the reset can cost it the 403 (under load, 31 refused calls were
+        // counted as 25 with code 403 and 6 with code 503; of 30 Pods, 30
+        // failed open and calmplane counted 29). So the apiserver's count by
+        // code is not asserted (it is shown on failure); its fail-open count
+        // holds for every call.
+        let apiserver = env.metrics().await?;
+        let own = refused(&mtls.metrics().await?);
+        let stored = env.create_pod(&ns, &pod_object("refused", &[])).await?;
+        assert_pod_untouched(&stored, "refused")?;
+        let apiserver_after = env.metrics().await?;
+        let own_after = refused(&mtls.metrics().await?);
+        let failed_open = fail_open_of(&apiserver_after, MTLS_PODS_WEBHOOK)
+            - fail_open_of(&apiserver, MTLS_PODS_WEBHOOK);
+        let by_code = prom::samples(
+            &apiserver_after,
+            "apiserver_admission_webhook_request_total",
+            &[("name", MTLS_PODS_WEBHOOK)],
+        );
+        ensure!(
+            failed_open == 1.0,
+            "for one Pod the apiserver counted {failed_open} fail-opens of {MTLS_PODS_WEBHOOK}; its calls so far: {by_code:?}"
+        );
+        ensure!(
+            own_after - own == 1.0,
+            "calmplane counted {} refused requests for one Pod",
+            own_after - own
+        );
+        Ok(())
+    }
+    .await;
+    let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(env.client());
+    api.delete("calmplane-mtls", &Default::default()).await?;
+    mtls.stop();
+    result
+}
+
 // --- runner -------------------------------------------------------------------
 
 type Case = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
@@ -1486,6 +1754,7 @@ fn main() {
         c10_lease_monitor,
         c11_report_mode,
         c12_audit_live_matches_file,
+        c13_client_certificates,
     ];
     let trials = cases
         .into_iter()
