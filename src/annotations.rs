@@ -1,5 +1,5 @@
-//! calmplane's annotations: each format is read and written here, and only
-//! here. The policies, the pipeline, `calmplane audit` and the e2e suite all
+//! calmplane's annotations and its namespace label: each format is read and
+//! written here, and only here. The policies, the pipeline, `calmplane audit` and the e2e suite all
 //! use these types, so a format cannot drift between its writer and its
 //! readers.
 //!
@@ -9,6 +9,27 @@
 //! | `calmplane.dev/rollouts` | Deployment | unix seconds separated by commas, the last hour | [`RolloutHistory`] |
 //! | `calmplane.dev/lease-scope` | pod template, Pod | `deployment/<name>` | [`LeaseScope`] |
 //! | `calmplane.dev/lease-selector` | Pod | a field selector (the `lease` policy's default key) | [`LEASE_SELECTOR`] |
+//!
+//! | label | on | values |
+//! |---|---|---|
+//! | `calmplane.dev/enabled` | Namespace | `true`: the webhook runs every policy; `apiserver`: the exported MutatingAdmissionPolicies run theirs, the webhook the rest; `report`: the webhook reports, never patches ([`ENABLED`]) |
+
+/// Namespace label that opts a namespace in, and says which engine runs the
+/// policies the apiserver can run (see [`enabled`]).
+pub const ENABLED: &str = "calmplane.dev/enabled";
+
+/// The values of [`ENABLED`]. The webhook configuration and the exported
+/// MutatingAdmissionPolicyBindings select on them.
+pub mod enabled {
+    /// The webhook runs every policy.
+    pub const WEBHOOK: &str = "true";
+    /// The apiserver runs the policies calmplane exports as
+    /// MutatingAdmissionPolicies, before any webhook; the webhook runs the
+    /// rest and finds nothing left to do for those.
+    pub const APISERVER: &str = "apiserver";
+    /// The webhook's report mode: counted and logged, never patched.
+    pub const REPORT: &str = "report";
+}
 
 /// Object annotation: `all`, or a comma list of policy names to turn off.
 pub const SKIP: &str = "calmplane.dev/skip";

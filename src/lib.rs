@@ -34,13 +34,16 @@
 //! ```
 //!
 //! `calmplane audit` runs the same pipeline over a cluster dump; `calmplane
-//! lease-monitor` watches Leases and exports what the `lease` policy is for.
+//! lease-monitor` watches Leases and exports what the `lease` policy is for;
+//! `calmplane export mutating-admission-policy` writes the policies the
+//! apiserver can run itself as CEL ([`admission_policy`]).
 //!
 //! # Layout
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`annotations`] | calmplane's annotations: each format's one reader and writer |
+//! | [`admission_policy`] | the policies the apiserver can run, as MutatingAdmissionPolicies and their bindings |
+//! | [`annotations`] | calmplane's annotations and namespace label: each format's one reader and writer |
 //! | [`audit`] | `calmplane audit`: what calmplane would change in a cluster, and the Lease writes it would save |
 //! | [`budget`] | what a client can make the server spend, and the arithmetic under the container's memory limit |
 //! | [`certs`] | dev certificates for `make run` and the static overlay |
@@ -61,6 +64,7 @@
 //! | [`view`] | parsing only what the policies read, and what that may cost |
 //! | [`yaml`] | YAML, read and written one way everywhere |
 
+pub mod admission_policy;
 pub mod annotations;
 pub mod audit;
 pub mod budget;

@@ -7,7 +7,7 @@ use calmplane::manifests::ServiceArgs;
 use calmplane::pipeline::{Pipeline, SystemClock};
 use calmplane::process::{self, LogFormat};
 use calmplane::server::ServeOptions;
-use calmplane::{certs, manifests, preview, register};
+use calmplane::{admission_policy, certs, manifests, preview, register};
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
@@ -51,10 +51,32 @@ enum Command {
     Manifests(WebhookArgs),
     /// Apply that MutatingWebhookConfiguration to the current cluster (server-side apply, field manager `calmplane`).
     Register(RegisterArgs),
+    /// Print calmplane's policies in a form another engine runs.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Watch Leases and export lease write rate and lease age metrics.
     LeaseMonitor(calmplane::lease_monitor::LeaseMonitorArgs),
     /// Predict what calmplane would change in a cluster, and the Lease writes it would save.
     Audit(calmplane::audit::AuditArgs),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// The policies the apiserver can run itself (Kubernetes 1.36+), as a
+    /// MutatingAdmissionPolicy and a MutatingAdmissionPolicyBinding each, for
+    /// namespaces labelled calmplane.dev/enabled=apiserver. The others, and
+    /// why, on stderr.
+    MutatingAdmissionPolicy(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Policy file (YAML), the same as `serve --config`. Built-in defaults apply without one.
+    #[arg(long, env = "CALMPLANE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Namespace calmplane is installed in (excluded, as the webhook excludes it).
+    #[arg(long, env = "CALMPLANE_NAMESPACE", default_value = manifests::DEFAULT_NAMESPACE)]
+    namespace: String,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +128,15 @@ struct WebhookArgs {
     /// (a local process under kind, minikube or a test control plane).
     #[arg(long, env = "CALMPLANE_URL")]
     url: Option<String>,
+    /// Also the MutatingAdmissionPolicies of `calmplane export
+    /// mutating-admission-policy` (Kubernetes 1.36+), which run the policies
+    /// the apiserver can run in namespaces labelled
+    /// calmplane.dev/enabled=apiserver; the webhook runs the rest there.
+    #[arg(long, env = "CALMPLANE_ADMISSION_POLICIES")]
+    admission_policies: bool,
+    /// Policy file for --admission-policies, the same as `serve --config`.
+    #[arg(long, env = "CALMPLANE_CONFIG", requires = "admission_policies")]
+    config: Option<PathBuf>,
 }
 
 impl WebhookArgs {
@@ -119,6 +150,14 @@ impl WebhookArgs {
                 ca_bundle_pem: pem.as_deref(),
             },
         )?)
+    }
+
+    /// The admission policies, when asked for, with their notes on stderr.
+    fn admission_policies(&self) -> Result<Option<admission_policy::Export>> {
+        if !self.admission_policies {
+            return Ok(None);
+        }
+        export(self.config.as_deref(), &self.service.namespace).map(Some)
     }
 
     fn read_ca_bundle(&self) -> Result<Option<Vec<u8>>> {
@@ -170,7 +209,19 @@ fn main() -> Result<()> {
         Command::Preview(args) => run_preview(args),
         Command::Manifests(args) => {
             let config = args.configuration()?;
-            print!("{}", calmplane::yaml::to_string(&config)?);
+            match args.admission_policies()? {
+                None => print!("{}", calmplane::yaml::to_string(&config)?),
+                Some(export) => {
+                    let mut objects = vec![config];
+                    objects.extend(export.objects);
+                    print!("{}", admission_policy::yaml_stream(&objects)?);
+                }
+            }
+            Ok(())
+        }
+        Command::Export(ExportCommand::MutatingAdmissionPolicy(args)) => {
+            let export = export(args.config.as_deref(), &args.namespace)?;
+            print!("{}", export.to_yaml()?);
             Ok(())
         }
         Command::Register(args) => run_register(args),
@@ -186,8 +237,20 @@ fn main() -> Result<()> {
     }
 }
 
+/// Export the policies of the file at `config` and say on stderr which
+/// stay in the webhook, and why.
+fn export(config: Option<&std::path::Path>, namespace: &str) -> Result<admission_policy::Export> {
+    let config = Config::load_or_default(config)?;
+    let export = admission_policy::export(&config, namespace)?;
+    for left in &export.left_out {
+        eprintln!("not exported: {}: {}", left.policy, left.why);
+    }
+    Ok(export)
+}
+
 fn run_register(args: RegisterArgs) -> Result<()> {
     let config = args.webhook.configuration()?;
+    let policies = args.webhook.admission_policies()?;
     let opts = register::RegisterOptions {
         force: args.force,
         dry_run: args.dry_run,
@@ -200,12 +263,27 @@ fn run_register(args: RegisterArgs) -> Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the cluster (kubeconfig or in-cluster service account)")?;
-        anyhow::Ok(register::register(client, &config, opts).await?)
+        let applied = match &policies {
+            Some(export) => {
+                Some(register::register_admission_policies(client.clone(), export, opts).await?)
+            }
+            None => None,
+        };
+        anyhow::Ok((register::register(client, &config, opts).await?, applied))
     })?;
+    let (stored, applied) = stored;
     let name = stored.metadata.name.as_deref().unwrap_or("?");
     let webhooks = stored.webhooks.as_ref().map_or(0, Vec::len);
     let version = stored.metadata.resource_version.as_deref().unwrap_or("?");
     let dry_run = if args.dry_run { " (dry run)" } else { "" };
+    if let Some(applied) = applied {
+        for object in &applied.applied {
+            eprintln!("applied {object}{dry_run}");
+        }
+        for object in &applied.deleted {
+            eprintln!("deleted {object}{dry_run}: no longer exported by this policy file");
+        }
+    }
     eprintln!(
         "applied MutatingWebhookConfiguration {name}{dry_run}: {webhooks} webhooks, resourceVersion {version}"
     );

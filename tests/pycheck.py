@@ -37,7 +37,7 @@ import yaml
 from kubernetes_validate import utils as kv
 from referencing import Registry, Resource
 
-K8S_VERSION = "1.34.0"
+K8S_VERSION = "1.36.0"
 
 
 def _value_constructor(loader, node):

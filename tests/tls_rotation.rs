@@ -304,6 +304,28 @@ async fn assert_open_connection_works(client: &mut TlsClient, when: &str) {
     assert!(patch.is_some(), "{when}: expected a patch");
 }
 
+/// A serving pair from a CA of its own, written as `tls.crt` and `tls.key`
+/// in a directory, for the tests that turn on client certificates.
+struct Serving {
+    /// Where the certificate was written, for `--tls-cert`.
+    cert: PathBuf,
+    /// Where the key was written, for `--tls-key`.
+    key: PathBuf,
+    /// The CA that signed it, which the test's clients trust.
+    ca: Ca,
+}
+
+impl Serving {
+    fn write(dir: &std::path::Path) -> Serving {
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let ca = root_ca("server CA");
+        let serving = server_leaf(&ca);
+        std::fs::write(&cert, &serving.cert).unwrap();
+        std::fs::write(&key, &serving.key).unwrap();
+        Serving { cert, key, ca }
+    }
+}
+
 /// A server with the certificate and key at the given paths. The header
 /// timeout is raised so that a connection held idle across a reload is not
 /// closed as idle while the test waits.
@@ -551,11 +573,11 @@ async fn certificate_chains_with_an_intermediate_are_served_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refuses_admission_without_a_certificate_from_the_client_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let server_ca = root_ca("server CA");
-    let serving = server_leaf(&server_ca);
-    std::fs::write(&cert, &serving.cert).unwrap();
-    std::fs::write(&key, &serving.key).unwrap();
+    let Serving {
+        cert,
+        key,
+        ca: server_ca,
+    } = Serving::write(dir.path());
     let (client_ca_x, client_ca_y) = (root_ca("apiserver client CA X"), root_ca("client CA Y"));
     let mut volume = SecretVolume::create(
         &dir.path().join("client-ca"),
@@ -647,18 +669,53 @@ async fn mtls_refuses_admission_without_a_certificate_from_the_client_ca() {
     assert!(server.stop().await);
 }
 
+/// A refusal answered before the body was read says `Connection: close` and
+/// closes: a client that kept the connection for its next request (the
+/// apiserver does) would otherwise lose that request to the close, and count
+/// a 503 that calmplane never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_admission_closes_its_connection_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let Serving {
+        cert,
+        key,
+        ca: server_ca,
+    } = Serving::write(dir.path());
+    let ca = dir.path().join("client-ca.crt");
+    std::fs::write(&ca, root_ca("client CA").pem()).unwrap();
+    let server = start(cert, key, Some(ca)).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&server_ca.pem()))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // A keep-alive request whose body is still on its way.
+    tls.write_all(
+        b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"apiVersion\"",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    // The server closed (EOF, or a reset after its answer), within the timeout.
+    assert!(read.is_ok(), "the connection stayed open after the refusal");
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 403"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(server.stop().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_client_subjects_narrow_who_may_call() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = (
-        dir.path().join("tls.crt"),
-        dir.path().join("tls.key"),
-        dir.path().join("client-ca.crt"),
-    );
-    let server_ca = root_ca("server CA");
-    let serving = server_leaf(&server_ca);
-    std::fs::write(&cert, &serving.cert).unwrap();
-    std::fs::write(&key, &serving.key).unwrap();
+    let Serving {
+        cert,
+        key,
+        ca: server_ca,
+    } = Serving::write(dir.path());
+    let ca = dir.path().join("client-ca.crt");
     let client_ca = root_ca("apiserver client CA");
     std::fs::write(&ca, client_ca.pem()).unwrap();
     let server = TestServer::start_with(|opts| {
@@ -742,15 +799,12 @@ async fn the_expiry_of_the_served_certificate_is_a_metric_that_follows_rotations
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_client_ca_rewritten_in_place_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = (
-        dir.path().join("tls.crt"),
-        dir.path().join("tls.key"),
-        dir.path().join("client-ca.crt"),
-    );
-    let server_ca = root_ca("server CA");
-    let serving = server_leaf(&server_ca);
-    std::fs::write(&cert, &serving.cert).unwrap();
-    std::fs::write(&key, &serving.key).unwrap();
+    let Serving {
+        cert,
+        key,
+        ca: server_ca,
+    } = Serving::write(dir.path());
+    let ca = dir.path().join("client-ca.crt");
     let (x, y) = (root_ca("X"), root_ca("Y"));
     std::fs::write(&ca, x.pem()).unwrap();
     let server = start(cert, key, Some(ca.clone())).await;

@@ -68,6 +68,24 @@ fn selector(webhook: &Value, field: &str) -> Result<Selector, AuditError> {
         .map_err(|e| AuditError::Webhook(format!("webhook {name}: {field}: {e}")))
 }
 
+/// For each `In` expression of a webhook's namespaceSelector, its key and
+/// first value: the label a namespace carries to be selected (`true` for
+/// `calmplane.dev/enabled`, where `apiserver` is the other).
+fn first_values_in(webhook: &Value) -> Labels {
+    webhook
+        .pointer("/namespaceSelector/matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("operator").and_then(Value::as_str) == Some("In"))
+        .filter_map(|e| {
+            let key = e.get("key")?.as_str()?;
+            let first = e.get("values")?.as_array()?.first()?.as_str()?;
+            Some((key.to_string(), first.to_string()))
+        })
+        .collect()
+}
+
 /// The labels an object carries.
 pub fn labels_at(obj: &Value, path: &[&str]) -> Labels {
     crate::patch::lookup(obj, path)
@@ -104,6 +122,7 @@ impl Scope {
                 .to_string();
             if path == "/mutate" {
                 pretend.extend(labels_at(w, &["namespaceSelector", "matchLabels"]));
+                pretend.extend(first_values_in(w));
             }
             let namespaces = selector(w, "namespaceSelector")?;
             let objects = selector(w, "objectSelector")?;

@@ -12,6 +12,7 @@
 //! An ndots the pod already sets is respected unless `override: true`. Windows
 //! pods are skipped: their resolver ignores these options.
 
+use super::apiserver::{self, InApiserver};
 use super::{is_windows, windows_reads, Context, Definition, Kind, Policy, Reads};
 use crate::patch::{lookup, Edit, Mutation};
 use crate::view::Shape;
@@ -110,6 +111,61 @@ impl Policy for Dns {
     fn reads(&self, reads: &mut Reads) {
         windows_reads(reads);
         reads.shape(Kind::Pod, Shape::at(&["spec", "dnsConfig"], Shape::All));
+    }
+
+    /// A `JSONPatch`: `options` is an atomic list, which an
+    /// `ApplyConfiguration` may not write. The same edits as [`Policy::apply`],
+    /// in the same order: the ndots value replaced (with `override`), then
+    /// the missing options appended, or the whole list (or `dnsConfig`)
+    /// added when there is none.
+    fn in_apiserver(&self) -> InApiserver {
+        let ndots = &self.ndots;
+        let mut append = vec![format!(
+            "(variables.ndotsAt < 0 ? [Object.spec.dnsConfig.options{{name: 'ndots', value: '{ndots}'}}] : [])"
+        )];
+        if self.cfg.single_request_reopen {
+            append.push(
+                "(variables.opts.exists(o, o.?name.orValue('') == 'single-request-reopen') ? [] : \
+                 [Object.spec.dnsConfig.options{name: 'single-request-reopen'}])"
+                    .to_string(),
+            );
+        }
+        // With `override`, an ndots of another value is replaced in place.
+        let replace = format!(
+            "(variables.ndotsAt >= 0 && variables.opts[variables.ndotsAt].?value.orValue('') != '{ndots}' ? \
+             [JSONPatch{{op: 'add', path: '/spec/dnsConfig/options/' + string(variables.ndotsAt) + '/value', \
+             value: '{ndots}'}}] : [])"
+        );
+        let append_ops = "(size(variables.append) == 0 ? [] : \
+             !has(object.spec.dnsConfig) ? [JSONPatch{op: 'add', path: '/spec/dnsConfig', \
+             value: Object.spec.dnsConfig{options: variables.append}}] : \
+             !has(object.spec.dnsConfig.options) ? [JSONPatch{op: 'add', path: '/spec/dnsConfig/options', \
+             value: variables.append}] : \
+             variables.append.map(o, JSONPatch{op: 'add', path: '/spec/dnsConfig/options/-', value: o}))";
+        let patch = if self.cfg.r#override {
+            format!("{replace} + {append_ops}")
+        } else {
+            append_ops.to_string()
+        };
+        InApiserver::Runs(apiserver::Mutation {
+            kind: Kind::Pod,
+            operations: &["CREATE"],
+            conditions: vec![("not-windows", format!("!({})", apiserver::windows()))],
+            variables: vec![
+                (
+                    "opts",
+                    "has(object.spec.dnsConfig) && has(object.spec.dnsConfig.options) ? \
+                     object.spec.dnsConfig.options : []"
+                        .to_string(),
+                ),
+                (
+                    "ndotsAt",
+                    "variables.opts.map(o, o.?name.orValue('')).indexOf('ndots')".to_string(),
+                ),
+                ("append", append.join(" + ")),
+            ],
+            patch: apiserver::Patch::JsonPatch(patch),
+        })
     }
 
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {

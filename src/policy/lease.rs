@@ -15,6 +15,7 @@
 //! Lease per Deployment. Selectors that do not parse are left alone, with a
 //! warning.
 
+use super::apiserver::InApiserver;
 use super::{containers, Context, Definition, Kind, Policy, Reads};
 use crate::annotations::{LeaseScope, LEASE_SCOPE, LEASE_SELECTOR};
 use crate::patch::{str_at, Mutation};
@@ -26,6 +27,14 @@ use serde_json::Value;
 
 /// The policy's name in `calmplane.dev/skip`, metrics and changes.
 pub const NAME: &str = "lease";
+
+/// Why `lease` is not exported as a MutatingAdmissionPolicy.
+pub const LEASE_STAYS: &str = "a field selector is rewritten term by term with the apimachinery grammar: \
+terms split at commas that are not escaped (`\\,`), and the first of `!=`, `==`, `=` is the operator. \
+CEL has split, replace and matches, but no regex replace and no functions of one's own, so it cannot \
+tell an escaped comma from a separator; a rewrite that splits there writes a selector that matches \
+another Lease, or none. A selector that does not parse is left alone with a warning, and a \
+MutatingAdmissionPolicy cannot warn. It stays in the webhook";
 
 /// What the policy rewrites a per-pod selector to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -147,6 +156,10 @@ impl Policy for Lease {
         kind == Kind::Pod
             && *operation == Operation::Create
             && self.cfg.mode == LeaseMode::Namespace
+    }
+
+    fn in_apiserver(&self) -> InApiserver {
+        InApiserver::Stays(LEASE_STAYS)
     }
 
     fn reads(&self, reads: &mut Reads) {

@@ -13,7 +13,9 @@
 //!   pipeline merges into the view it asks `/mutate` to build;
 //! * how it edits an object ([`Policy::apply`]), through a [`Mutation`];
 //! * what `calmplane audit` counts for it beyond the edits the pipeline makes
-//!   ([`Policy::forecast`]).
+//!   ([`Policy::forecast`]);
+//! * whether the apiserver can run it as a MutatingAdmissionPolicy, and the
+//!   CEL it runs, or why not ([`Policy::in_apiserver`]).
 //!
 //! A policy looks at the object through a [`Context`] and edits it through a
 //! [`Mutation`]; it never builds a patch or a response itself. Which policies
@@ -38,6 +40,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::any::Any;
 
+pub mod apiserver;
 pub mod dns;
 pub mod lease;
 pub mod prestop;
@@ -293,6 +296,11 @@ pub trait Policy: Send + Sync + Any {
         let _ = f;
         false
     }
+
+    /// The same edits as CEL the apiserver runs in-process, for `calmplane
+    /// export mutating-admission-policy`; or why they cannot be written so.
+    /// No default: every policy must answer, and say why when it stays.
+    fn in_apiserver(&self) -> apiserver::InApiserver;
 }
 
 /// A policy's settings: the keys of its section other than `enabled` and

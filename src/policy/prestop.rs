@@ -12,6 +12,7 @@
 //! An unset grace period is the API default, 30 s, and is only written when
 //! that default would be too short.
 
+use super::apiserver::{self, InApiserver};
 use super::{containers, is_windows, windows_reads, Context, Definition, Kind, Policy, Reads};
 use crate::patch::{present, Mutation};
 use crate::view::Shape;
@@ -137,6 +138,60 @@ impl Policy for Prestop {
                 Shape::All,
             ),
         );
+    }
+
+    /// A `JSONPatch`, one `add` per container without a preStop handler,
+    /// by index as [`Policy::apply`] writes them: `exec.command` is an atomic
+    /// list, which an `ApplyConfiguration` may not write, and one form serves
+    /// both modes. The grace period is decided in the same expression, from
+    /// the containers as they came in, so a reinvocation that adds no hook
+    /// leaves it alone, as the webhook does.
+    fn in_apiserver(&self) -> InApiserver {
+        let seconds = self.cfg.sleep_seconds;
+        let needed = seconds + self.cfg.min_drain_seconds;
+        let hook = match self.cfg.mode {
+            PrestopMode::Sleep => format!(
+                "Object.spec.containers.lifecycle.preStop{{sleep: \
+                 Object.spec.containers.lifecycle.preStop.sleep{{seconds: {seconds}}}}}"
+            ),
+            PrestopMode::Exec => format!(
+                "Object.spec.containers.lifecycle.preStop{{exec: \
+                 Object.spec.containers.lifecycle.preStop.exec{{command: ['sh', '-c', 'sleep {seconds}']}}}}"
+            ),
+        };
+        let mut conditions = Vec::new();
+        if self.cfg.mode == PrestopMode::Exec {
+            conditions.push(("not-windows", format!("!({})", apiserver::windows())));
+        }
+        InApiserver::Runs(apiserver::Mutation {
+            kind: Kind::Pod,
+            operations: &["CREATE"],
+            conditions,
+            variables: vec![
+                ("hook", hook),
+                (
+                    "hooks",
+                    "object.spec.containers.transformList(i, c, \
+                     !has(c.lifecycle) || !has(c.lifecycle.preStop), \
+                     has(c.lifecycle) ? \
+                     JSONPatch{op: 'add', path: '/spec/containers/' + string(i) + '/lifecycle/preStop', value: variables.hook} : \
+                     JSONPatch{op: 'add', path: '/spec/containers/' + string(i) + '/lifecycle', \
+                     value: Object.spec.containers.lifecycle{preStop: variables.hook}})"
+                        .to_string(),
+                ),
+                (
+                    "grace",
+                    format!(
+                        "has(object.spec.terminationGracePeriodSeconds) ? \
+                         object.spec.terminationGracePeriodSeconds : {DEFAULT_GRACE_SECONDS}"
+                    ),
+                ),
+            ],
+            patch: apiserver::Patch::JsonPatch(format!(
+                "variables.hooks + (size(variables.hooks) > 0 && variables.grace < {needed} ? \
+                 [JSONPatch{{op: 'add', path: '/spec/terminationGracePeriodSeconds', value: {needed}}}] : [])"
+            )),
+        })
     }
 
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {

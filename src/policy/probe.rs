@@ -70,6 +70,10 @@ impl Policy for Probe {
         kind == Kind::Pod && *operation == Operation::Create
     }
 
+    fn in_apiserver(&self) -> super::apiserver::InApiserver {
+        super::apiserver::InApiserver::Stays("the test-only probe is never exported")
+    }
+
     fn reads(&self, reads: &mut Reads) {
         reads.shape(Kind::Pod, Shape::at(&["metadata", "labels"], Shape::All));
         reads.keys([SEEN.to_string()], []);

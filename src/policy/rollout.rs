@@ -8,6 +8,7 @@
 //! with a warning. `Recreate` Deployments are left alone, and a missing
 //! strategy is fine: the apiserver defaults it to RollingUpdate.
 
+use super::apiserver::{self, InApiserver};
 use super::{Context, Definition, Kind, Policy, Reads};
 use crate::patch::{present, str_at, Mutation};
 use crate::view::Shape;
@@ -66,6 +67,46 @@ impl Policy for Rollout {
             Kind::Deployment,
             Shape::at(&["spec", "strategy"], Shape::All),
         );
+    }
+
+    /// An `ApplyConfiguration`: `strategy` and `rollingUpdate` are granular
+    /// structs. A zero maxSurge is raised to 1 in the same apply that sets
+    /// maxUnavailable to 0, so no stored state has both at zero.
+    fn in_apiserver(&self) -> InApiserver {
+        let surge = "object.spec.strategy.rollingUpdate.maxSurge";
+        let unavailable = "object.spec.strategy.rollingUpdate.maxUnavailable";
+        InApiserver::Runs(apiserver::Mutation {
+            kind: Kind::Deployment,
+            operations: &["CREATE", "UPDATE"],
+            conditions: vec![(
+                "rolling-update",
+                "object.spec.?strategy.?type.orValue('RollingUpdate') != 'Recreate'".to_string(),
+            )],
+            variables: vec![
+                (
+                    "surgeZero",
+                    format!(
+                        "object.spec.?strategy.?rollingUpdate.?maxSurge.hasValue() && {}",
+                        apiserver::is_zero(surge)
+                    ),
+                ),
+                (
+                    "unavailableZero",
+                    format!(
+                        "object.spec.?strategy.?rollingUpdate.?maxUnavailable.hasValue() && {}",
+                        apiserver::is_zero(unavailable)
+                    ),
+                ),
+            ],
+            patch: apiserver::Patch::ApplyConfiguration(
+                "variables.unavailableZero && !variables.surgeZero ? Object{} : \
+                 Object{spec: Object.spec{strategy: Object.spec.strategy{rollingUpdate: \
+                 Object.spec.strategy.rollingUpdate{\
+                 ?maxSurge: variables.surgeZero ? optional.of(1) : optional.none(), \
+                 maxUnavailable: 0}}}}"
+                    .to_string(),
+            ),
+        })
     }
 
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {

@@ -21,6 +21,7 @@
 //! that differs from `oldObject`'s, this update was recorded, and only the
 //! (idempotent) lease-scope decision is made again.
 
+use super::apiserver::InApiserver;
 use super::{Context, Definition, Forecast, Kind, Policy, Reads};
 use crate::annotations::{
     LeaseScope, RolloutHistory as History, LEASE_SCOPE as LEASE_SCOPE_ANNOTATION,
@@ -105,6 +106,13 @@ impl Policy for RolloutHistory {
 
     fn handles(&self, kind: Kind, operation: &Operation) -> bool {
         kind == Kind::Deployment && *operation == Operation::Update
+    }
+
+    fn in_apiserver(&self) -> InApiserver {
+        InApiserver::Stays(
+            "it records when a Deployment's template changed and counts the changes of the last \
+             hour: CEL has no clock, and a policy keeps no state between requests. It stays in the webhook",
+        )
     }
 
     fn reads(&self, reads: &mut Reads) {

@@ -214,6 +214,20 @@ where
     }
 }
 
+/// An answer given before the request's body was read to its end (a
+/// refused client, a body over its cap, a full pool, a timeout) closes the
+/// connection, and says so. hyper would close it anyway rather than read the
+/// rest, but without `Connection: close` the client may already have sent
+/// its next request on it, which then fails without reaching us: the
+/// apiserver counts that as a 503 and fails open.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 impl Guard {
     async fn run<S>(
         self,
@@ -264,8 +278,8 @@ impl Guard {
             Ok(Ok(Ok(Ok(response)))) => response,
             Ok(Ok(Ok(Err(never)))) => match never {},
             Ok(Ok(Err(_panic))) => return Ok(self.panicked(endpoint, seen.take())),
-            Ok(Err(error)) => error.into_response(),
-            Err(_elapsed) => ApiError::timeout(self.timeout).into_response(),
+            Ok(Err(error)) => closing(error.into_response()),
+            Err(_elapsed) => closing(ApiError::timeout(self.timeout).into_response()),
         };
         Ok(self.observe(endpoint, seen, response))
     }

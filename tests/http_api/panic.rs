@@ -16,6 +16,10 @@ impl Policy for PanickingPolicy {
 
     fn reads(&self, _: &mut Reads) {}
 
+    fn in_apiserver(&self) -> calmplane::policy::apiserver::InApiserver {
+        calmplane::policy::apiserver::InApiserver::Stays("it exists to panic")
+    }
+
     fn apply(&self, _ctx: &Context<'_>, m: &mut Mutation) {
         if m.get(&["metadata", "name"]).and_then(Value::as_str) == Some("boom") {
             panic!("PanickingPolicy: deliberate panic for the test");

@@ -2,7 +2,7 @@
 //!
 //! No API server runs here, so the manifests are proven three ways:
 //! * schema: every file, and every rendered overlay, passes
-//!   `kubernetes-validate --strict` for Kubernetes 1.34. That tool has no
+//!   `kubernetes-validate --strict` for Kubernetes 1.36. That tool has no
 //!   schema for cert-manager's CRDs (it warns and passes), so Issuers and
 //!   Certificates are checked structurally here instead, against the field
 //!   lists of cert-manager's v1 API; anything else without a schema fails;
@@ -15,6 +15,9 @@
 //!   enforces, and `calmplane preview` finds nothing to change in it.
 //!
 //! `calmplane register` talks to a `tower-test` mock in place of the apiserver.
+//! The exported MutatingAdmissionPolicies are checked here for shape and
+//! schema; that the apiserver runs them as the webhook would is proven by
+//! the e2e suite.
 
 use base64::Engine as _;
 use calmplane_testkit::harness::python;
@@ -26,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod admission_policies;
 mod image;
 mod networkpolicy;
 mod register;
@@ -45,7 +49,7 @@ use safety::*;
 #[allow(unused_imports)]
 use validate::*;
 
-const K8S_VERSION: &str = "1.34.0";
+use calmplane_testkit::pychecks::K8S_VERSION;
 const NAMESPACE: &str = "calmplane";
 const SERVICE: &str = "calmplane";
 /// The label every namespace carries with its own name.

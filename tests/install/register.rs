@@ -226,5 +226,5 @@ async fn a_configuration_without_a_name_is_refused_before_any_request() {
     let err = register(client, &config, RegisterOptions::default())
         .await
         .expect_err("no name");
-    assert!(matches!(err, RegisterError::NoName), "{err:?}");
+    assert!(matches!(err, RegisterError::NoName { .. }), "{err:?}");
 }

@@ -31,13 +31,27 @@ pub(crate) fn assert_webhook_safe(
         assert_eq!(w["timeoutSeconds"], 2, "{name}");
         assert_eq!(w["failurePolicy"], "Ignore", "{name}");
         // Report webhooks never patch: nothing to be reinvoked for.
-        let (path, opt_in, reinvocation) = if name.contains("-report.") {
-            ("/report", "report", "Never")
-        } else {
-            ("/mutate", "true", "IfNeeded")
-        };
+        let (path, opt_ins, others, reinvocation): (_, &[&str], &[&str], _) =
+            if name.contains("-report.") {
+                ("/report", &["report"], &["true", "apiserver"], "Never")
+            } else {
+                ("/mutate", &["true", "apiserver"], &["report"], "IfNeeded")
+            };
+        let opt_in = opt_ins[0];
         assert_eq!(w["reinvocationPolicy"], reinvocation, "{name}");
         assert_eq!(w["matchPolicy"], "Equivalent", "{name}");
+        // The apiserver skips objects that turn every policy off without
+        // calling us (the e2e suite proves each condition).
+        let conditions: Vec<&str> = w["matchConditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert!(
+            conditions.contains(&"not-skipped"),
+            "{name}: {conditions:?}"
+        );
 
         let client = &w["clientConfig"];
         assert!(
@@ -73,19 +87,22 @@ pub(crate) fn assert_webhook_safe(
 
         // Opt-in only.
         let ns = &w["namespaceSelector"];
-        let shop_in = namespace_labels("shop", &[(OPT_IN_LABEL, opt_in)]);
-        assert!(
-            selector_matches(ns, &shop_in),
-            "{name}: an opted-in namespace is mutated"
-        );
-        // `report` goes only to /report and `true` only to /mutate.
-        let other = if opt_in == "true" { "report" } else { "true" };
-        for own in [
-            &[][..],
-            &[(OPT_IN_LABEL, "false")][..],
-            &[(OPT_IN_LABEL, "yes")][..],
-            &[(OPT_IN_LABEL, other)][..],
-        ] {
+        for value in opt_ins {
+            let shop_in = namespace_labels("shop", &[(OPT_IN_LABEL, value)]);
+            assert!(
+                selector_matches(ns, &shop_in),
+                "{name}: a namespace labelled {value} is sent"
+            );
+        }
+        // `report` goes only to /report; `true` and `apiserver` (where the
+        // exported admission policies run first) only to /mutate.
+        let mut refused: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![(OPT_IN_LABEL, "false")],
+            vec![(OPT_IN_LABEL, "yes")],
+        ];
+        refused.extend(others.iter().map(|other| vec![(OPT_IN_LABEL, *other)]));
+        for own in &refused {
             assert!(
                 !selector_matches(ns, &namespace_labels("shop", own)),
                 "{name}: namespace labelled {own:?} must not be mutated"
@@ -330,16 +347,23 @@ fn an_unsafe_webhook_configuration_is_caught() {
         (
             "no opt-in",
             Box::new(|c| {
-                c["webhooks"][0]["namespaceSelector"]
-                    .as_object_mut()
+                c["webhooks"][0]["namespaceSelector"]["matchExpressions"]
+                    .as_array_mut()
                     .unwrap()
-                    .remove("matchLabels");
+                    .remove(0);
+            }),
+        ),
+        (
+            "apiserver namespaces not sent to /mutate",
+            Box::new(|c| {
+                c["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"] =
+                    json!(["true"]);
             }),
         ),
         (
             "kube-system not excluded",
             Box::new(|c| {
-                c["webhooks"][1]["namespaceSelector"]["matchExpressions"][0]["values"] =
+                c["webhooks"][1]["namespaceSelector"]["matchExpressions"][1]["values"] =
                     json!(["kube-node-lease", "calmplane"]);
             }),
         ),
@@ -356,6 +380,15 @@ fn an_unsafe_webhook_configuration_is_caught() {
             "deployments on DELETE",
             Box::new(|c| {
                 c["webhooks"][1]["rules"][0]["operations"] = json!(["CREATE", "UPDATE", "DELETE"]);
+            }),
+        ),
+        (
+            "no skip condition",
+            Box::new(|c| {
+                c["webhooks"][2]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("matchConditions");
             }),
         ),
         (

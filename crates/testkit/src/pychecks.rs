@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 /// The Kubernetes version the patched objects are validated against (the
 /// checker's own `K8S_VERSION`).
-pub const K8S_VERSION: &str = "1.34.0";
+pub const K8S_VERSION: &str = "1.36.0";
 
 /// The one Python checker: `load` reads the upstream fixtures with PyYAML,
 /// `check` applies and validates patches.
@@ -79,7 +79,7 @@ impl PyChecks {
     }
 
     /// Python jsonpatch must reproduce every object, and every object must
-    /// pass `kubernetes-validate --strict` for Kubernetes 1.34.
+    /// pass `kubernetes-validate --strict` for Kubernetes [`K8S_VERSION`].
     pub fn run(self) {
         let n = self.cases.len();
         assert!(n > 0, "a test that checks patches recorded none");
