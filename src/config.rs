@@ -92,7 +92,9 @@ pub struct Config {
 }
 
 /// Whether a policy's changes are patched or only reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Enforcement {
     /// Patch the changes (the default).

@@ -57,6 +57,7 @@
 //! | [`policy`] | the policies, one module each, and [`policy::ALL`], the one list of them |
 //! | [`preview`] | what calmplane would do to a manifest, for `/preview` and `calmplane preview` |
 //! | [`process`] | what every long-running process sets up: log, runtime, signals, admin port |
+//! | [`reference`] | the book's generated reference pages: the policy file and the metrics |
 //! | [`register`] | `calmplane register`: server-side apply of the webhook configuration |
 //! | [`review`] | the AdmissionReview envelope: decode, admit, encode |
 //! | [`selector`] | the field-selector grammar the `lease` policy rewrites |
@@ -79,6 +80,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod preview;
 pub mod process;
+pub mod reference;
 pub mod register;
 pub mod review;
 pub mod selector;

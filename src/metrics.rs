@@ -3,8 +3,8 @@
 use crate::review::Verdict;
 use crate::server::endpoint::Endpoint;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    core::Collector, Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -126,6 +126,51 @@ pub struct Metrics {
     /// often admission control turned work away (each such pod is admitted
     /// unmutated under `failurePolicy: Ignore`).
     pub overloaded: IntCounterVec,
+    /// `calmplane_build_info{version}`: which build serves, for dashboards
+    /// that span an upgrade.
+    build_info: IntGaugeVec,
+}
+
+/// One metric family as the metrics reference documents it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// The series name.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`: how to query it.
+    pub kind: &'static str,
+    /// The help text `/metrics` serves.
+    pub help: String,
+    /// The label names, each bounded by the code that sets it.
+    pub labels: Vec<String>,
+}
+
+/// The families `collectors` export, whether they have series yet or not
+/// (a labelled metric has none until its first observation, so the
+/// registry's `gather` would leave it out).
+pub fn families(collectors: &[Box<dyn Collector>]) -> Vec<Family> {
+    use prometheus::proto::MetricType;
+    collectors
+        .iter()
+        .flat_map(|c| {
+            let labels: Vec<String> = c
+                .desc()
+                .first()
+                .map(|d| d.variable_labels.clone())
+                .unwrap_or_default();
+            c.collect().into_iter().map(move |f| Family {
+                name: f.name().to_string(),
+                kind: match f.get_field_type() {
+                    MetricType::COUNTER => "counter",
+                    MetricType::GAUGE => "gauge",
+                    MetricType::HISTOGRAM => "histogram",
+                    MetricType::SUMMARY => "summary",
+                    MetricType::UNTYPED => "untyped",
+                },
+                help: f.help().to_string(),
+                labels: labels.clone(),
+            })
+        })
+        .collect()
 }
 
 impl Metrics {
@@ -215,32 +260,49 @@ impl Metrics {
         for endpoint in Endpoint::ROUTED.into_iter().filter(|e| e.costs_work()) {
             overloaded.with_label_values(&[endpoint.label()]).reset();
         }
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(policy_changes.clone()),
-            Box::new(report_changes.clone()),
-            Box::new(build_info),
-            Box::new(tls_reloads.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(tls_handshakes.clone()),
-            Box::new(tls_expiry.clone()),
-            Box::new(overloaded.clone()),
-        ] {
-            registry.register(c).expect("metric registered once");
-        }
-        Metrics {
+        let metrics = Metrics {
             registry,
             requests,
             duration,
             policy_changes,
             report_changes,
+            build_info,
             tls_reloads,
             config_reloads,
             tls_handshakes,
             tls_expiry,
             overloaded,
+        };
+        for c in metrics.collectors() {
+            metrics
+                .registry
+                .register(c)
+                .expect("metric registered once");
         }
+        metrics
+    }
+
+    /// Every metric, in the order `/metrics` and the reference list them:
+    /// the one list that registers them and documents them.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.duration.clone()),
+            Box::new(self.policy_changes.clone()),
+            Box::new(self.report_changes.clone()),
+            Box::new(self.build_info.clone()),
+            Box::new(self.tls_reloads.clone()),
+            Box::new(self.config_reloads.clone()),
+            Box::new(self.tls_handshakes.clone()),
+            Box::new(self.tls_expiry.clone()),
+            Box::new(self.overloaded.clone()),
+        ]
+    }
+
+    /// The metric families this server exports, series or not yet: for the
+    /// metrics reference.
+    pub fn families(&self) -> Vec<Family> {
+        families(&self.collectors())
     }
 
     /// Count one TLS handshake.

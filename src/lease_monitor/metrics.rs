@@ -85,13 +85,7 @@ impl LeaseMetrics {
             "calmplane_lease_watch_restarts_total",
             "Lease watch restarts: watch errors, and relists the watcher started on its own.",
         )?;
-        registry.register(Box::new(age.clone()))?;
-        registry.register(Box::new(writes.clone()))?;
-        registry.register(Box::new(leases.clone()))?;
-        registry.register(Box::new(oldest_age.clone()))?;
-        registry.register(Box::new(expired.clone()))?;
-        registry.register(Box::new(restarts.clone()))?;
-        Ok(LeaseMetrics {
+        let metrics = LeaseMetrics {
             registry,
             age,
             writes,
@@ -99,7 +93,28 @@ impl LeaseMetrics {
             oldest_age,
             expired,
             restarts,
-        })
+        };
+        for c in metrics.collectors() {
+            metrics.registry.register(c)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Every metric: the one list that registers them and documents them.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.age.clone()),
+            Box::new(self.writes.clone()),
+            Box::new(self.leases.clone()),
+            Box::new(self.oldest_age.clone()),
+            Box::new(self.expired.clone()),
+            Box::new(self.restarts.clone()),
+        ]
+    }
+
+    /// The metric families the lease monitor exports: for the reference.
+    pub fn families(&self) -> Vec<crate::metrics::Family> {
+        crate::metrics::families(&self.collectors())
     }
 
     /// The text exposition format, for `/metrics`.

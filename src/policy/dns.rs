@@ -17,6 +17,7 @@ use super::{is_windows, windows_reads, Context, Definition, Kind, Policy, Reads}
 use crate::patch::{lookup, Edit, Mutation};
 use crate::view::Shape;
 use kube::core::admission::Operation;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -24,11 +25,12 @@ use serde_json::{json, Value};
 pub const NAME: &str = "dns";
 
 /// The `dns` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
     /// The `ndots` option written into pods: low enough that external names
     /// skip the search path, high enough that `svc.ns` still uses it.
+    #[schemars(range(min = 1, max = 15))]
     pub ndots: u8,
     /// Replace an ndots the pod sets itself.
     pub r#override: bool,

@@ -22,6 +22,7 @@ use crate::patch::{str_at, Mutation};
 use crate::selector::{self, Scope};
 use crate::view::Shape;
 use kube::core::admission::Operation;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -37,7 +38,7 @@ another Lease, or none. A selector that does not parse is left alone with a warn
 MutatingAdmissionPolicy cannot warn. It stays in the webhook";
 
 /// What the policy rewrites a per-pod selector to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseMode {
     /// Rewrite `metadata.name=<pod>` to `metadata.namespace=<ns>`.
@@ -48,7 +49,7 @@ pub enum LeaseMode {
 
 /// The `lease` section. The selector can hide in three places in a pod, so
 /// each has its own list of names to look under.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
     /// `namespace` rewrites; `pod` keeps the section but the policy does not run.

@@ -305,7 +305,9 @@ pub trait Policy: Send + Sync + Any {
 
 /// A policy's settings: the keys of its section other than `enabled` and
 /// `enforcement`, with their defaults (`Default`) and checks.
-pub trait Settings: Serialize + DeserializeOwned + Default + Clone + Send + Sync {
+pub trait Settings:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Default + Clone + Send + Sync
+{
     /// The first value out of range, as `(key, what is wrong)`; the key in
     /// the file's spelling, without the section.
     fn check(&self) -> Result<(), (&'static str, String)> {
@@ -346,6 +348,12 @@ pub struct Entry {
     /// The settings as the policy file writes them: of a section, or the
     /// defaults for `None`. For the example file and the reference.
     settings_json: fn(Option<&Section>) -> Result<Value, Refusal>,
+    /// The JSON Schema of the settings, with their doc comments and
+    /// defaults: the policy file's reference is generated from it.
+    schema: fn() -> schemars::Schema,
+    /// The policy with its default settings, for what the reference says
+    /// of it beyond its settings (whether the apiserver can run it).
+    with_defaults: fn() -> Box<dyn Policy>,
 }
 
 impl Entry {
@@ -357,7 +365,19 @@ impl Entry {
             counts: P::COUNTS,
             build: build::<P>,
             settings_json: settings_json::<P>,
+            schema: || schemars::schema_for!(P::Settings),
+            with_defaults: || Box::new(P::new(P::Settings::default())),
         }
+    }
+
+    /// The JSON Schema of this policy's settings.
+    pub fn schema(&self) -> Value {
+        (self.schema)().to_value()
+    }
+
+    /// The policy with its default settings.
+    pub fn with_defaults(&self) -> Box<dyn Policy> {
+        (self.with_defaults)()
     }
 
     /// The settings of this policy's section of `config`, as the file would

@@ -17,6 +17,7 @@ use super::{containers, is_windows, windows_reads, Context, Definition, Kind, Po
 use crate::patch::{present, Mutation};
 use crate::view::Shape;
 use kube::core::admission::Operation;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -27,7 +28,7 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 /// How the policy writes its sleep: the native action needs a recent
 /// cluster, the exec form needs a shell in the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PrestopMode {
     /// The native `lifecycle.preStop.sleep` action (GA in Kubernetes 1.34).
@@ -37,15 +38,17 @@ pub enum PrestopMode {
 }
 
 /// The `prestop` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
     /// Native sleep or exec, depending on what the cluster supports.
     pub mode: PrestopMode,
     /// How long SIGTERM is held back: long enough for endpoint removal to
     /// reach every proxy. `i64` because that is the API's type.
+    #[schemars(range(min = 1, max = 3600))]
     pub sleep_seconds: i64,
     /// Time the grace period must leave after the sleep for the app to drain.
+    #[schemars(range(min = 1, max = 3600))]
     pub min_drain_seconds: i64,
 }
 

@@ -12,6 +12,7 @@ use super::{Context, Definition, Kind, Policy, Reads};
 use crate::patch::{str_at, Mutation};
 use crate::view::Shape;
 use kube::core::admission::Operation;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,7 +22,7 @@ const MARK: &str = "probe.calmplane.dev/mark";
 const SEEN: &str = "probe.calmplane.dev/seen";
 
 /// The `probe` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
     /// What the annotation says.

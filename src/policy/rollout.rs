@@ -13,6 +13,7 @@ use super::{Context, Definition, Kind, Policy, Reads};
 use crate::patch::{present, str_at, Mutation};
 use crate::view::Shape;
 use kube::core::admission::Operation;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -21,7 +22,7 @@ pub const NAME: &str = "rollout";
 
 /// The `rollout` section: nothing to configure but whether it runs, kept as
 /// a section so the file's shape is the same for every policy.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {}
 

@@ -30,6 +30,7 @@ use crate::annotations::{
 use crate::patch::{lookup, present, str_at, Mutation};
 use crate::view::Shape;
 use kube::core::admission::Operation;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -38,7 +39,7 @@ use serde_json::Value;
 pub const NAME: &str = "rollout-history";
 
 /// The `rolloutHistory` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
     /// A Deployment that rolled more than this many times in the last hour is hot.
