@@ -9,6 +9,7 @@
 //! | `calmplane.dev/rollouts` | Deployment | unix seconds separated by commas, the last hour | [`RolloutHistory`] |
 //! | `calmplane.dev/lease-scope` | pod template, Pod | `deployment/<name>` | [`LeaseScope`] |
 //! | `calmplane.dev/lease-selector` | Pod | a field selector (the `lease` policy's default key) | [`LEASE_SELECTOR`] |
+//! | `kubernetes.io/config.mirror` (the kubelet's) | Pod | present on mirror Pods | [`MIRROR`] |
 //!
 //! | label | on | values |
 //! |---|---|---|
@@ -37,6 +38,12 @@ pub const SKIP: &str = "calmplane.dev/skip";
 pub const ROLLOUTS: &str = "calmplane.dev/rollouts";
 /// Pod (template) annotation `deployment/<name>`: this pod's Deployment is hot.
 pub const LEASE_SCOPE: &str = "calmplane.dev/lease-scope";
+/// The kubelet's annotation on a mirror Pod, the API's copy of a static Pod.
+/// The kubelet runs the static manifest, not this object, so a change to
+/// it would never take effect: no policy runs on one, and the webhook
+/// configuration's `not-a-mirror-pod` condition keeps the call from being
+/// made at all.
+pub const MIRROR: &str = "kubernetes.io/config.mirror";
 /// Pod annotation holding a lease selector: the default of `lease.annotations`.
 pub const LEASE_SELECTOR: &str = "calmplane.dev/lease-selector";
 

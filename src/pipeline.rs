@@ -202,8 +202,20 @@ impl Pipeline {
             now: self.clock.now_unix(),
             ..req.clone()
         };
-        let skip = Skip::parse(skip_value.as_deref());
+        let mirror = ctx.kind == policy::Kind::Pod
+            && str_at(object, &["metadata", "annotations", annotations::MIRROR]).is_some();
+        let skip = if mirror {
+            Skip::All
+        } else {
+            Skip::parse(skip_value.as_deref())
+        };
         let unknown = skip.unknown(policy::is_name);
+        if mirror {
+            m.warn(format!(
+                "calmplane: a mirror Pod ({}): the kubelet runs its static manifest, so no policy changes it",
+                annotations::MIRROR
+            ));
+        }
         if !unknown.is_empty() {
             let known: Vec<&str> = policy::names().collect();
             m.warn(format!(

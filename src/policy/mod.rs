@@ -193,8 +193,8 @@ pub struct Reads {
 }
 
 impl Reads {
-    /// What the pipeline itself reads of every object: its name, namespace
-    /// and `calmplane.dev/skip`.
+    /// What the pipeline itself reads of every object: its name, namespace,
+    /// `calmplane.dev/skip` and the kubelet's mirror-Pod annotation.
     pub fn base() -> Reads {
         let metadata = ["name", "generateName", "namespace"]
             .into_iter()
@@ -207,7 +207,13 @@ impl Reads {
             pod: metadata.clone(),
             deployment: metadata.clone(),
             other: metadata,
-            keys: Keys::new([crate::annotations::SKIP.to_string()], []),
+            keys: Keys::new(
+                [
+                    crate::annotations::SKIP.to_string(),
+                    crate::annotations::MIRROR.to_string(),
+                ],
+                [],
+            ),
         }
     }
 

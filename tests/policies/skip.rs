@@ -88,3 +88,24 @@ fn unknown_skip_names_warn() {
     );
     h.finish();
 }
+
+#[test]
+fn mirror_pods_are_left_alone_and_say_why() {
+    let mut h = Harness::new(&Config::default());
+    let mut pod = selector_pod(None);
+    pod["metadata"]["annotations"][annotations::MIRROR] = json!("0f3c5c1d");
+    let out = h.pod("static-web", "team-a", &pod);
+    assert!(out.patch.is_empty(), "{:?}", out.patch);
+    assert!(out.policies.is_empty());
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    assert!(
+        out.warnings[0].contains("mirror Pod"),
+        "{}",
+        out.warnings[0]
+    );
+    // The annotation means nothing on a Deployment.
+    let mut d = bare_deployment(None);
+    d["metadata"]["annotations"] = json!({annotations::MIRROR: "x"});
+    assert_eq!(h.create("not-a-pod", &d).policies, vec!["rollout"]);
+    h.finish();
+}
