@@ -15,7 +15,7 @@ Fails (exit 1) when
 
 The wall-clock pipeline/floor ratios are printed next to the baseline too, and
 fail the gate only when `--gate-time-ratios` is given: on a shared 2-core
-machine they move by more than the counts do (see README, "Performance").
+machine they move by more than the counts do (see docs/src/contributing/performance.md).
 
     gate.py [--criterion DIR] [--icount FILE] [--baseline FILE] [--update-baseline]
 """

@@ -19,8 +19,8 @@
 # belongs to neither.
 #
 # Knobs (environment): OVERLOAD_DURATION (10s), OVERLOAD_FACTOR (3),
-# OVERLOAD_CONNECTIONS (1000: just under calmplane's default cap of 1024, as
-# many as the apiserver could have open), OVERLOAD_NORMAL (2000 req/s),
+# OVERLOAD_CONNECTIONS (500: just under calmplane's default cap of 512,
+# budget::MAX_CONNECTIONS, as many as the apiserver could have open), OVERLOAD_NORMAL (2000 req/s),
 # OVERLOAD_FIXTURE (typical-pod), OVERLOAD_OUT (overload-report),
 # OVERLOAD_PORT (18453), OVERLOAD_METRICS_PORT (19093), OVERLOAD_SERVER_ARGS
 # (extra `calmplane serve` flags), LOAD_NICE as in load/run.sh.
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${OVERLOAD_DURATION:-10s}
 FACTOR=${OVERLOAD_FACTOR:-3}
-CONNECTIONS=${OVERLOAD_CONNECTIONS:-1000}
+CONNECTIONS=${OVERLOAD_CONNECTIONS:-500}
 NORMAL=${OVERLOAD_NORMAL:-2000}
 FIXTURE=${OVERLOAD_FIXTURE:-typical-pod}
 OUT=${OVERLOAD_OUT:-overload-report}

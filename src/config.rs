@@ -17,7 +17,7 @@
 //!   ndots: 2
 //!   override: false
 //! prestop:
-//!   mode: sleep                # or `exec` for clusters older than 1.34
+//!   mode: sleep                # or `exec` for clusters older than 1.30
 //!   sleepSeconds: 5
 //!   minDrainSeconds: 5
 //! rollout: {}

@@ -161,20 +161,117 @@ fn the_prometheusrule_carries_exactly_the_rule_file() {
             "CalmplanePolicyReloadFailed"
         ]
     );
-    // Every alert links its runbook section, and the section exists.
-    let runbook = std::fs::read_to_string(repo().join("docs/runbook.md")).expect("docs/runbook.md");
+    // Every alert links its runbook section in the book, under the
+    // placeholder base that runbook-url.yaml (and an overlay) replaces; the
+    // section exists (tests/docs.rs checks the anchor as mdBook writes it).
+    let runbook = std::fs::read_to_string(repo().join(RUNBOOK_PAGE)).expect(RUNBOOK_PAGE);
     for group in rules["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
             let Some(alert) = rule["alert"].as_str() else {
+                assert!(
+                    rule["annotations"].is_null(),
+                    "a recording rule has no annotations"
+                );
                 continue;
             };
-            let link = rule["annotations"]["runbook"].as_str().expect(alert);
-            assert_eq!(link, format!("docs/runbook.md#{}", alert.to_lowercase()));
             assert!(
-                runbook.contains(&format!("## {alert}")),
-                "runbook has no section {alert}"
+                rule["annotations"]["runbook"].is_null(),
+                "{alert}: `runbook` is runbook_url now"
+            );
+            let link = rule["annotations"]["runbook_url"].as_str().expect(alert);
+            assert_eq!(link, format!("{RUNBOOK_URL}#{}", alert.to_lowercase()));
+            assert!(
+                runbook.contains(&format!("\n## {alert}\n")),
+                "{RUNBOOK_PAGE} has no section {alert}"
             );
         }
+    }
+}
+
+/// The runbook page in the book's sources.
+const RUNBOOK_PAGE: &str = "docs/src/observability/runbook.md";
+
+/// Where the rule files point each alert's runbook_url before anyone sets
+/// the base: the runbook page under a placeholder host (`.example` is
+/// reserved), replaced by manifests/monitoring/runbook-url.yaml.
+const RUNBOOK_URL: &str = "https://calmplane.example/book/observability/runbook.html";
+
+/// The overlay of docs/src/observability/alerts.md that sets another base:
+/// the page's first `yaml` block that patches the ConfigMap calmplane-docs.
+fn documented_runbook_overlay() -> String {
+    let page = std::fs::read_to_string(repo().join("docs/src/observability/alerts.md"))
+        .expect("docs/src/observability/alerts.md");
+    page.split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("calmplane-docs") && b.contains("replacements:"))
+        .expect("alerts.md shows an overlay that sets the runbook URL")
+        .to_string()
+}
+
+#[test]
+fn runbook_urls_follow_the_configmap_and_the_documented_overlay() {
+    let Some(kubectl) = kubectl() else {
+        return;
+    };
+    let runbook_urls = |dir: &Path| -> Vec<String> {
+        let text = run(Command::new(&kubectl).arg("kustomize").arg(dir));
+        let docs = yaml_docs(&text);
+        assert!(
+            !docs
+                .iter()
+                .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "calmplane-docs"),
+            "calmplane-docs is local-config: never applied"
+        );
+        let rule = find(&docs, "PrometheusRule", "calmplane");
+        let urls: Vec<String> = rule["spec"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter())
+            .filter_map(|r| r["annotations"]["runbook_url"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(urls.len(), alert_names(&read_yaml(&rule_file())).len());
+        urls
+    };
+    // As shipped: the placeholder, from runbook-url.yaml.
+    let configured = read_yaml(&monitoring().join("runbook-url.yaml"));
+    assert_eq!(configured["data"]["runbook"], RUNBOOK_URL);
+    for url in runbook_urls(&monitoring()) {
+        assert!(url.starts_with(&format!("{RUNBOOK_URL}#")), "{url}");
+    }
+    // The overlay the alerts page documents, next to a copy of manifests/.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let copy = tmp.path().join("manifests/monitoring");
+    std::fs::create_dir_all(copy.join("dashboards")).unwrap();
+    std::fs::create_dir_all(copy.join("rules")).unwrap();
+    for file in [
+        "kustomization.yaml",
+        "lease-monitor.yaml",
+        "servicemonitors.yaml",
+        "prometheusrule.yaml",
+        "runbook-url.yaml",
+        "dashboards/calmplane.json",
+        "rules/calmplane.rules.yaml",
+    ] {
+        std::fs::copy(monitoring().join(file), copy.join(file)).expect(file);
+    }
+    let overlay = tmp.path().join("monitoring-overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let snippet = documented_runbook_overlay();
+    let wanted = snippet
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("value: "))
+        .expect("the overlay sets a value")
+        .trim()
+        .to_string();
+    assert_ne!(wanted, RUNBOOK_URL);
+    std::fs::write(overlay.join("kustomization.yaml"), &snippet).unwrap();
+    for (url, alert) in runbook_urls(&overlay)
+        .iter()
+        .zip(alert_names(&read_yaml(&rule_file())))
+    {
+        assert_eq!(url, &format!("{wanted}#{}", alert.to_lowercase()));
     }
 }
 

@@ -51,7 +51,7 @@ pub struct AuditArgs {
 pub enum Output {
     /// A table per namespace, then lease totals and warnings.
     Table,
-    /// The stable JSON documented in docs/audit.md.
+    /// The stable JSON documented in docs/src/adoption/audit.md.
     Json,
 }
 

@@ -4,7 +4,7 @@ use super::{AuditError, Report};
 use crate::policy;
 use std::fmt::Write as _;
 
-/// The stable JSON (keys documented in docs/audit.md), pretty-printed.
+/// The stable JSON (keys documented in docs/src/adoption/audit.md), pretty-printed.
 pub fn json(report: &Report) -> Result<String, AuditError> {
     let mut out =
         serde_json::to_string_pretty(report).map_err(|e| AuditError::Other(e.to_string()))?;

@@ -1,5 +1,5 @@
 //! What `calmplane audit` reports, in the JSON's stable shape (documented
-//! in docs/audit.md); the table prints the same and `details`.
+//! in docs/src/adoption/audit.md); the table prints the same and `details`.
 
 use super::hot;
 use super::leases::LeaseTotals;

@@ -31,7 +31,8 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PrestopMode {
-    /// The native `lifecycle.preStop.sleep` action (GA in Kubernetes 1.34).
+    /// The native `lifecycle.preStop.sleep` action (on by default since
+    /// Kubernetes 1.30, GA in 1.34).
     Sleep,
     /// `exec: ["sh", "-c", "sleep N"]`, for older clusters; needs a shell in the image.
     Exec,

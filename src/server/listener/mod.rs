@@ -56,7 +56,7 @@ pub struct Limits {
     /// Most concurrent connections on the TLS port; more are closed at once,
     /// so that a flood of connections cannot exhaust file descriptors or
     /// memory. The default is what the container's memory limit allows
-    /// (src/server/budget.rs).
+    /// (src/budget.rs).
     #[arg(long, env = "CALMPLANE_MAX_CONNECTIONS", default_value_t = budget::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Drop a connection that has not finished the TLS handshake in this
