@@ -11,7 +11,7 @@ export CALMPLANE_PYTHON := $(abspath $(PY))
 # back at once (src/budget.rs, ALLOCATOR_ENV), for `make run`, load and soak.
 export MIMALLOC_PURGE_DELAY := 0
 
-.PHONY: run test prometheus-tools venv certs build release lint fmt deny clean bench bench-gate bench-baseline bench-measure load overload
+.PHONY: run test prometheus-tools venv certs build release lint fmt deny clean bench bench-gate bench-baseline bench-measure load overload helm
 
 run: certs/tls.crt
 	$(CARGO) run --release -- serve --log-format text
@@ -35,8 +35,14 @@ $(VENV)/.installed: requirements-test.txt
 # The tests run the binaries on their own ports and never use the package's service.
 # tests/hostile.rs runs the release binary: memory and CPU bounds hold for the
 # build that ships.
-test: venv prometheus-tools release
-	CALMPLANE_RELEASE_BIN=$(abspath target/release/calmplane) $(CARGO) test
+test: venv prometheus-tools release helm
+	CALMPLANE_RELEASE_BIN=$(abspath target/release/calmplane) CALMPLANE_HELM=$(HELM) $(CARGO) test
+
+# helm from the pinned module helm.sh/helm/v4 (e2e/helm/go.mod) into e2e/bin,
+# only when the pins changed: for tests/helm and e2e/tests/helm.rs.
+HELM := $(abspath e2e/bin/helm)
+helm:
+	bash e2e/helm/build.sh
 
 prometheus-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
@@ -64,7 +70,7 @@ deny:
 clean:
 	rm -rf target $(VENV)
 
-# --- performance (benches/, load/; see README "Performance") ---------------
+# --- performance (benches/, load/; see docs/src/contributing/performance.md) -
 #   make bench           full criterion run + instruction counts, then the gate's report
 #   make bench-gate      CI: a short criterion run + instruction counts; fails on a
 #                        5 ms budget breach or a pipeline/floor ratio >25% over
@@ -101,7 +107,7 @@ load:
 overload:
 	bash load/overload.sh
 
-# --- resilience (soak/, fuzz/; see README "Resilience") --------------------
+# --- resilience (soak/, fuzz/; see docs/src/contributing/resilience.md) ----
 #   make soak        release server over TLS on 127.0.0.1 for SOAK_SECONDS (180): 90% valid
 #                    reviews from tests/fixtures/upstream, 10% bad inputs; fails on any valid error,
 #                    a bad input without its 4xx, RSS +10% first->last minute, or exit != 0
@@ -126,7 +132,8 @@ fuzz: fuzz-seed
 # --- against a real control plane (e2e/; see e2e/README.md) -----------------
 #   make e2e-build   build etcd, kube-apiserver, kube-controller-manager and kubectl from the
 #                    pinned Go modules into e2e/bin (only when the pins changed)
-#   make e2e         e2e-build, then every case of e2e/tests/control_plane.rs
+#   make e2e         e2e-build and helm, then every case of e2e/tests/control_plane/
+#                    and e2e/tests/helm.rs
 #   make e2e E2E_ARGS=c5_    one case (libtest filter)
 .PHONY: e2e e2e-build
 E2E_ARGS ?=
@@ -134,5 +141,19 @@ E2E_ARGS ?=
 e2e-build:
 	bash e2e/build.sh
 
-e2e: e2e-build
-	$(CARGO) test -p calmplane-e2e -- $(E2E_ARGS)
+e2e: e2e-build helm
+	CALMPLANE_HELM=$(HELM) $(CARGO) test -p calmplane-e2e -- $(E2E_ARGS)
+
+# --- the book (docs/; see docs/src/contributing/testing.md) -----------------
+#   make docs   regenerate the reference pages from the code (the policy file,
+#               the metrics, the CLI), build the book into docs/book with the
+#               pinned mdBook (installed on first use), and check the heading
+#               ids tests/docs.rs computes against the ones mdBook wrote
+.PHONY: docs
+MDBOOK_VERSION ?= 0.5.4
+
+docs:
+	CALMPLANE_UPDATE_DOCS=1 $(CARGO) test --test docs
+	@mdbook --version 2>/dev/null | grep -qx 'mdbook v$(MDBOOK_VERSION)' || $(CARGO) install mdbook --locked --version $(MDBOOK_VERSION)
+	mdbook build docs
+	$(CARGO) test --test docs heading_ids_match_the_built_book -- --ignored

@@ -1,13 +1,12 @@
 //! The harness of calmplane's end-to-end suite: a real control plane
-//! ([`cluster`]), calmplane as a local process registered with
-//! `clientConfig.url` ([`webhook`]), and readers for the apiserver's metrics
-//! ([`prom`]). The cases are in `tests/control_plane.rs`.
+//! ([`cluster`]) and calmplane as a local process registered with
+//! `clientConfig.url` ([`webhook`]). Metrics are read with
+//! `calmplane_testkit::prom`. The cases are in `tests/control_plane/`.
 
 #![deny(missing_docs)]
 
 pub mod cluster;
 pub mod pki;
-pub mod prom;
 pub mod webhook;
 
 use anyhow::{bail, Context as _, Result};

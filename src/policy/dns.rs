@@ -122,50 +122,67 @@ impl Policy for Dns {
     /// added when there is none.
     fn in_apiserver(&self) -> InApiserver {
         let ndots = &self.ndots;
+        // `Object` and `JSONPatch` exist only in the mutation's expression,
+        // not in variables: the variables decide, the expression builds.
         let mut append = vec![format!(
-            "(variables.ndotsAt < 0 ? [Object.spec.dnsConfig.options{{name: 'ndots', value: '{ndots}'}}] : [])"
+            "(variables.addNdots ? [Object.spec.dnsConfig.options{{name: 'ndots', value: '{ndots}'}}] : [])"
         )];
+        let mut variables = vec![
+            (
+                "opts",
+                "has(object.spec.dnsConfig) && has(object.spec.dnsConfig.options) ? \
+                 object.spec.dnsConfig.options : []"
+                    .to_string(),
+            ),
+            (
+                "ndotsAt",
+                "variables.opts.map(o, o.?name.orValue('')).indexOf('ndots')".to_string(),
+            ),
+            ("addNdots", "variables.ndotsAt < 0".to_string()),
+        ];
+        let mut adds = "variables.addNdots".to_string();
         if self.cfg.single_request_reopen {
+            variables.push((
+                "addReopen",
+                "!variables.opts.exists(o, o.?name.orValue('') == 'single-request-reopen')"
+                    .to_string(),
+            ));
             append.push(
-                "(variables.opts.exists(o, o.?name.orValue('') == 'single-request-reopen') ? [] : \
-                 [Object.spec.dnsConfig.options{name: 'single-request-reopen'}])"
+                "(variables.addReopen ? [Object.spec.dnsConfig.options{name: 'single-request-reopen'}] : [])"
                     .to_string(),
             );
+            adds.push_str(" || variables.addReopen");
         }
-        // With `override`, an ndots of another value is replaced in place.
-        let replace = format!(
-            "(variables.ndotsAt >= 0 && variables.opts[variables.ndotsAt].?value.orValue('') != '{ndots}' ? \
-             [JSONPatch{{op: 'add', path: '/spec/dnsConfig/options/' + string(variables.ndotsAt) + '/value', \
-             value: '{ndots}'}}] : [])"
+        let append = append.join(" + ");
+        let append_ops = format!(
+            "(!({adds}) ? [] : \
+             !has(object.spec.dnsConfig) ? [JSONPatch{{op: 'add', path: '/spec/dnsConfig', \
+             value: Object.spec.dnsConfig{{options: {append}}}}}] : \
+             !has(object.spec.dnsConfig.options) ? [JSONPatch{{op: 'add', path: '/spec/dnsConfig/options', \
+             value: {append}}}] : \
+             ({append}).map(o, JSONPatch{{op: 'add', path: '/spec/dnsConfig/options/-', value: o}}))"
         );
-        let append_ops = "(size(variables.append) == 0 ? [] : \
-             !has(object.spec.dnsConfig) ? [JSONPatch{op: 'add', path: '/spec/dnsConfig', \
-             value: Object.spec.dnsConfig{options: variables.append}}] : \
-             !has(object.spec.dnsConfig.options) ? [JSONPatch{op: 'add', path: '/spec/dnsConfig/options', \
-             value: variables.append}] : \
-             variables.append.map(o, JSONPatch{op: 'add', path: '/spec/dnsConfig/options/-', value: o}))";
         let patch = if self.cfg.r#override {
-            format!("{replace} + {append_ops}")
+            // An ndots of another value is replaced in place.
+            variables.push((
+                "replaceNdots",
+                format!(
+                    "variables.ndotsAt >= 0 && variables.opts[variables.ndotsAt].?value.orValue('') != '{ndots}'"
+                ),
+            ));
+            format!(
+                "(variables.replaceNdots ? [JSONPatch{{op: 'add', \
+                 path: '/spec/dnsConfig/options/' + string(variables.ndotsAt) + '/value', value: '{ndots}'}}] : []) + \
+                 {append_ops}"
+            )
         } else {
-            append_ops.to_string()
+            append_ops
         };
         InApiserver::Runs(apiserver::Mutation {
             kind: Kind::Pod,
             operations: &["CREATE"],
             conditions: vec![("not-windows", format!("!({})", apiserver::windows()))],
-            variables: vec![
-                (
-                    "opts",
-                    "has(object.spec.dnsConfig) && has(object.spec.dnsConfig.options) ? \
-                     object.spec.dnsConfig.options : []"
-                        .to_string(),
-                ),
-                (
-                    "ndotsAt",
-                    "variables.opts.map(o, o.?name.orValue('')).indexOf('ndots')".to_string(),
-                ),
-                ("append", append.join(" + ")),
-            ],
+            variables,
             patch: apiserver::Patch::JsonPatch(patch),
         })
     }

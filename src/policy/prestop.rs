@@ -153,6 +153,8 @@ impl Policy for Prestop {
     fn in_apiserver(&self) -> InApiserver {
         let seconds = self.cfg.sleep_seconds;
         let needed = seconds + self.cfg.min_drain_seconds;
+        // `Object` and `JSONPatch` exist only in the mutation's expression,
+        // not in variables: the variables decide, the expression builds.
         let hook = match self.cfg.mode {
             PrestopMode::Sleep => format!(
                 "Object.spec.containers.lifecycle.preStop{{sleep: \
@@ -172,15 +174,10 @@ impl Policy for Prestop {
             operations: &["CREATE"],
             conditions,
             variables: vec![
-                ("hook", hook),
                 (
-                    "hooks",
+                    "missing",
                     "object.spec.containers.transformList(i, c, \
-                     !has(c.lifecycle) || !has(c.lifecycle.preStop), \
-                     has(c.lifecycle) ? \
-                     JSONPatch{op: 'add', path: '/spec/containers/' + string(i) + '/lifecycle/preStop', value: variables.hook} : \
-                     JSONPatch{op: 'add', path: '/spec/containers/' + string(i) + '/lifecycle', \
-                     value: Object.spec.containers.lifecycle{preStop: variables.hook}})"
+                     !has(c.lifecycle) || !has(c.lifecycle.preStop), i)"
                         .to_string(),
                 ),
                 (
@@ -192,7 +189,11 @@ impl Policy for Prestop {
                 ),
             ],
             patch: apiserver::Patch::JsonPatch(format!(
-                "variables.hooks + (size(variables.hooks) > 0 && variables.grace < {needed} ? \
+                "variables.missing.map(i, has(object.spec.containers[i].lifecycle) ? \
+                 JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/lifecycle/preStop', value: {hook}}} : \
+                 JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/lifecycle', \
+                 value: Object.spec.containers.lifecycle{{preStop: {hook}}}}}) + \
+                 (size(variables.missing) > 0 && variables.grace < {needed} ? \
                  [JSONPatch{{op: 'add', path: '/spec/terminationGracePeriodSeconds', value: {needed}}}] : [])"
             )),
         })

@@ -72,7 +72,9 @@ impl Policy for Rollout {
 
     /// An `ApplyConfiguration`: `strategy` and `rollingUpdate` are granular
     /// structs. A zero maxSurge is raised to 1 in the same apply that sets
-    /// maxUnavailable to 0, so no stored state has both at zero.
+    /// maxUnavailable to 0, so no stored state has both at zero; a
+    /// maxUnavailable that is already zero in another form (`"0%"`) is kept
+    /// as written, as the webhook keeps it.
     fn in_apiserver(&self) -> InApiserver {
         let surge = "object.spec.strategy.rollingUpdate.maxSurge";
         let unavailable = "object.spec.strategy.rollingUpdate.maxUnavailable";
@@ -104,7 +106,7 @@ impl Policy for Rollout {
                  Object{spec: Object.spec{strategy: Object.spec.strategy{rollingUpdate: \
                  Object.spec.strategy.rollingUpdate{\
                  ?maxSurge: variables.surgeZero ? optional.of(1) : optional.none(), \
-                 maxUnavailable: 0}}}}"
+                 ?maxUnavailable: variables.unavailableZero ? optional.none() : optional.of(0)}}}}"
                     .to_string(),
             ),
         })
