@@ -404,6 +404,8 @@ fn known_metrics() -> BTreeSet<String> {
 const EXTERNAL: &[&str] = &[
     "apiserver_admission_webhook_fail_open_count",
     "apiserver_admission_webhook_admission_duration_seconds_bucket",
+    "apiserver_admission_webhook_request_total",
+    "apiserver_request_duration_seconds_bucket",
     "calmplane_lease_stale_threshold_seconds",
     "up",
 ];
@@ -446,6 +448,132 @@ fn the_metric_name_parser_finds_metrics_and_only_metrics() {
     assert_eq!(names, ["c", "e"].map(String::from).into());
 }
 
+/// The runbook's queries, with its label variables filled in as an alert
+/// would: `(section, query)`.
+fn runbook_queries() -> Vec<(String, String)> {
+    let values = [
+        ("NAMESPACE", "shop"),
+        ("WEBHOOK", "pods.calmplane.dev"),
+        ("INSTANCE", "10.0.0.1:9090"),
+    ];
+    calmplane_testkit::runbook::sections()
+        .into_iter()
+        .flat_map(|s| {
+            let place = format!("runbook, {}", s.alert);
+            s.queries.into_iter().map(move |q| {
+                (
+                    place.clone(),
+                    calmplane_testkit::runbook::substitute(&q, &values),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `metric{label...}` selectors in a PromQL expression: each metric name
+/// followed by a `{...}`, with the label names its matchers use.
+fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+    let names = metric_names(expr);
+    let mut out = Vec::new();
+    for name in names {
+        for (at, _) in expr.match_indices(name.as_str()) {
+            let after = &expr[at + name.len()..];
+            let before_ok = expr[..at]
+                .chars()
+                .last()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+            let Some(inner) = after.strip_prefix('{') else {
+                continue;
+            };
+            if !before_ok {
+                continue;
+            }
+            let Some(end) = inner.find('}') else { continue };
+            let labels = inner[..end]
+                .split(',')
+                .filter_map(|m| {
+                    let label = m.split(['=', '!']).next()?.trim();
+                    (!label.is_empty()).then(|| label.to_string())
+                })
+                .collect();
+            out.push((name.clone(), labels));
+        }
+    }
+    out
+}
+
+/// The label names each series of calmplane's two processes may carry:
+/// its family's labels, `le` on histogram buckets, and the target labels
+/// Prometheus adds.
+fn known_labels() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut families = calmplane::metrics::Metrics::new().families();
+    families.extend(
+        calmplane::lease_monitor::metrics::LeaseMetrics::new()
+            .unwrap()
+            .families(),
+    );
+    let mut out = std::collections::BTreeMap::new();
+    for f in families {
+        let mut labels: BTreeSet<String> = f.labels.iter().cloned().collect();
+        labels.extend(["job", "instance"].map(String::from));
+        if f.kind == "histogram" {
+            for suffix in ["_sum", "_count"] {
+                out.insert(format!("{}{suffix}", f.name), labels.clone());
+            }
+            let mut bucket = labels.clone();
+            bucket.insert("le".to_string());
+            out.insert(format!("{}_bucket", f.name), bucket);
+        } else {
+            out.insert(f.name.clone(), labels);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_label_selector_parser_finds_matchers() {
+    assert_eq!(
+        selectors(
+            r#"sum by (le) (rate(a_bucket{resource="leases", verb=~"PUT|PATCH"}[5m])) / b{x!="1"} + c"#
+        ),
+        vec![
+            (
+                "a_bucket".to_string(),
+                vec!["resource".to_string(), "verb".to_string()]
+            ),
+            ("b".to_string(), vec!["x".to_string()]),
+        ]
+    );
+}
+
+#[test]
+fn runbook_queries_select_only_labels_calmplane_s_metrics_carry() {
+    let known = known_labels();
+    let queries = runbook_queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    let mut checked = 0;
+    for (place, query) in &queries {
+        for (metric, labels) in selectors(query) {
+            let Some(allowed) = known.get(&metric) else {
+                // The apiserver's: checked against a real one by the e2e suite.
+                assert!(
+                    metric.starts_with("apiserver_"),
+                    "{place}: {metric} in {query}"
+                );
+                continue;
+            };
+            for label in labels {
+                assert!(
+                    allowed.contains(&label),
+                    "{place}: {metric} has no label {label:?} ({allowed:?}): {query}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+}
+
 #[test]
 fn rules_and_dashboard_query_only_metrics_that_exist() {
     let known = known_metrics();
@@ -454,6 +582,7 @@ fn rules_and_dashboard_query_only_metrics_that_exist() {
         .map(|e| ("rule file".to_string(), e))
         .collect();
     exprs.extend(dashboard_exprs());
+    exprs.extend(runbook_queries());
     let mut used = BTreeSet::new();
     for (place, expr) in &exprs {
         for name in metric_names(expr) {
@@ -1022,8 +1151,10 @@ async fn a_real_prometheus_sees_the_slo_and_the_scripted_write_rate() {
         monitor.log_text()
     );
 
-    // Every dashboard query and every rule parses and runs in Prometheus.
+    // Every dashboard query, every rule and every query of the runbook
+    // parses and runs in Prometheus.
     let mut exprs = dashboard_exprs();
+    exprs.extend(runbook_queries());
     exprs.extend(
         all_exprs(&read_yaml(&rule_file()))
             .into_iter()

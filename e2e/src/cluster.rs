@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The controllers kube-controller-manager runs: the fewer, the less CPU the
-/// suite takes from a 2-core machine.
-const CONTROLLERS: &str = "deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller";
+/// suite takes from a 2-core machine. EndpointSlices, for the runbook's
+/// commands that read the Service's (c17).
+const CONTROLLERS: &str = "deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,endpointslice-controller";
 
 /// Where e2e/build.sh put the binaries; `E2E_BIN_DIR` overrides it.
 pub fn bin_dir() -> PathBuf {

@@ -22,5 +22,6 @@ pub mod process;
 pub mod prom;
 pub mod pychecks;
 pub mod review;
+pub mod runbook;
 pub mod seeds;
 pub mod tools;

@@ -23,6 +23,7 @@
 //! | [`lease_monitor`] | c10 `calmplane lease-monitor` on a real watch |
 //! | [`report`] | c11 report mode, c12 `audit --live` against `audit -f` |
 //! | [`engines`] | c14 the webhook and the exported MutatingAdmissionPolicies store the same objects, and together change nothing twice; the policies follow the policy file; c16 what each engine costs the apiserver |
+//! | [`runbook`] | c17 the runbook's first commands for every alert run against calmplane's manifests |
 //! | [`match_conditions`] | c15 the webhook configuration's matchConditions spare calmplane the calls it has nothing to do for, and only those |
 
 mod certificates;
@@ -35,6 +36,7 @@ mod match_conditions;
 mod pods;
 mod register;
 mod report;
+mod runbook;
 
 use anyhow::{ensure, Context as _, Result};
 use calmplane::annotations::{enabled, ENABLED, LEASE_SELECTOR};
@@ -448,6 +450,7 @@ fn main() {
         engines::c14_engines_follow_config,
         match_conditions::c15_match_conditions,
         engines::c16_engine_latency,
+        runbook::c17_runbook_commands,
     ];
     let trials = cases
         .into_iter()
