@@ -182,6 +182,7 @@ impl Drop for FlushGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
     use std::time::Instant;
 
     /// A sink the test can read while the writer thread owns it.
@@ -244,26 +245,35 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_lines_instead_of_growing() {
-        /// A sink that blocks until told to go on: a stalled log collector.
-        struct Stalled(Arc<(Mutex<bool>, Condvar)>, Sink);
+        /// A sink that says when a write reaches it, then blocks until told
+        /// to go on: a stalled log collector.
+        struct Stalled(Arc<(Mutex<bool>, Condvar)>, mpsc::Sender<()>, Sink);
         impl Write for Stalled {
             fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.1.send(());
                 let (go, cv) = &*self.0;
                 drop(cv.wait_while(go.lock().unwrap(), |go| !*go).unwrap());
-                self.1.write(buf)
+                self.2.write(buf)
             }
             fn flush(&mut self) -> io::Result<()> {
                 Ok(())
             }
         }
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let (entered, stalled) = mpsc::channel();
         let sink = Sink::default();
-        let (writer, guard) = BatchWriter::new(Stalled(gate.clone(), sink.clone())).unwrap();
+        let (writer, guard) =
+            BatchWriter::new(Stalled(gate.clone(), entered, sink.clone())).unwrap();
         let line = "x".repeat(1023) + "\n";
-        // The writer thread takes one buffer (at most the cap) and blocks;
-        // the next fills up to the cap: three caps' worth overflows.
-        let lines = 3 * MAX_BUFFERED / line.len();
-        for _ in 0..lines {
+        // First the writer thread takes one line and blocks in the sink. Only
+        // then does the burst come: had the thread taken a full buffer
+        // later, it would also have taken (and reset) the count of lines
+        // dropped so far, which this test could not see.
+        write_line(&writer, &line);
+        stalled.recv().unwrap();
+        // The buffer fills up to the cap: three caps' worth overflows.
+        let lines = 1 + 3 * MAX_BUFFERED / line.len();
+        for _ in 1..lines {
             write_line(&writer, &line);
         }
         let buffered = writer.shared.lock().bytes.len();

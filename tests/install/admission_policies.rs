@@ -93,8 +93,11 @@ fn the_policy_file_decides_what_is_exported_and_with_which_values() {
         "{stderr}"
     );
     let dns = find(&docs, "MutatingAdmissionPolicy", "calmplane-dns");
-    let text = serde_json::to_string(&dns["spec"]["variables"]).unwrap();
+    // The value is written where the option is built: in the mutation's
+    // expression, the only place the apiserver declares `Object`.
+    let text = serde_json::to_string(&dns["spec"]["mutations"]).unwrap();
     assert!(text.contains("value: '3'"), "{text}");
+    assert!(!text.contains("value: '2'"), "{text}");
     let binding = find(&docs, "MutatingAdmissionPolicyBinding", "calmplane-dns");
     assert!(!selector_matches(
         &binding["spec"]["matchResources"]["namespaceSelector"],
