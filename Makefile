@@ -148,7 +148,7 @@ e2e: e2e-build helm
 #   make docs   regenerate the reference pages from the code (the policy file,
 #               the metrics, the CLI), build the book into docs/book with the
 #               pinned mdBook (installed on first use), and check the heading
-#               ids tests/docs.rs computes against the ones mdBook wrote
+#               ids tests/docs/ computes against the ones mdBook wrote
 .PHONY: docs
 MDBOOK_VERSION ?= 0.5.4
 

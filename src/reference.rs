@@ -2,7 +2,7 @@
 //! they cannot say something the code does not: the policy file (from each
 //! policy's settings type, its doc comments and its defaults) and the
 //! metrics (from the registries of the webhook and the lease monitor).
-//! `make docs` writes them to `docs/src/reference/`; `tests/docs.rs` fails
+//! `make docs` writes them to `docs/src/reference/`; `tests/docs/` fails
 //! when the committed pages differ from what this module writes now.
 
 use crate::admission_policy::object_name;

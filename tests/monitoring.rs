@@ -163,7 +163,7 @@ fn the_prometheusrule_carries_exactly_the_rule_file() {
     );
     // Every alert links its runbook section in the book, under the
     // placeholder base that runbook-url.yaml (and an overlay) replaces; the
-    // section exists (tests/docs.rs checks the anchor as mdBook writes it).
+    // section exists (tests/docs/ checks the anchor as mdBook writes it).
     let runbook = std::fs::read_to_string(repo().join(RUNBOOK_PAGE)).expect(RUNBOOK_PAGE);
     for group in rules["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {

@@ -3,7 +3,7 @@
 //! command per line, `# needs: ...` for what else a command needs) and its
 //! ` ```promql ` blocks. The e2e suite runs the commands against the real
 //! control plane; `tests/monitoring.rs` runs the queries in a real
-//! Prometheus. The page's rules are at its top, and `tests/docs.rs` holds
+//! Prometheus. The page's rules are at its top, and `tests/docs/` holds
 //! the page to them.
 
 use crate::corpus::repo_root;
