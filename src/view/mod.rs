@@ -209,7 +209,7 @@ pub fn holds(shape: &Shape, keys: &Keys, doc: &Value, path: &[&str]) -> bool {
             Shape::EnvVars => {
                 // A new variable is written whole; an existing one only if
                 // it was read (an unread one is a `null` placeholder).
-                let existing = doc.pointer(&pointer(&path[..=i]));
+                let existing = at(doc, &path[..=i]);
                 return match (existing, path.get(i + 1)) {
                     (None, _) => seg.parse::<usize>().is_ok(),
                     (Some(Value::Object(_)), None | Some(&"name") | Some(&"value")) => {
@@ -224,11 +224,17 @@ pub fn holds(shape: &Shape, keys: &Keys, doc: &Value, path: &[&str]) -> bool {
     true
 }
 
-/// The JSON pointer of `path`, escaped.
-fn pointer(path: &[&str]) -> String {
-    path.iter()
-        .map(|seg| format!("/{}", seg.replace('~', "~0").replace('/', "~1")))
-        .collect()
+/// The member of `doc` at `path` (segments unescaped, as the policies write
+/// them): `Value::pointer` without building and re-parsing a pointer string,
+/// which cost a Pod with lease selectors in its environment about 12,000
+/// instructions per review (`cargo bench --bench icount`, lease-pod, at
+/// `6049619`).
+fn at<'a>(doc: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(doc, |value, seg| match value {
+        Value::Object(members) => members.get(*seg),
+        Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
