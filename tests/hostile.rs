@@ -61,8 +61,23 @@ fn check(outcome: &Outcome, failures: &mut Vec<String>) {
             hostile::PROBE_TIMEOUT
         ));
     }
-    if outcome.scrape_failures > 0 {
-        fail(format!("{} scrapes failed", outcome.scrape_failures));
+    // The admin port's 64 slots are shared with whoever reaches the port
+    // (docs/src/limits.md; the NetworkPolicy keeps others out), first come
+    // first served: behind hundreds of attackers' connections, a scrape can
+    // wait past the probe's 2 s now and then. Prometheus alerts only after
+    // 5 minutes of failed scrapes (CalmplaneWebhookDown). So a quarter of
+    // the scrapes may fail then, none otherwise; the kubelet's probes (the
+    // TLS port, above) never.
+    let allowed = if outcome.attack.reaches_the_admin_port() {
+        outcome.scrape_probes / 4
+    } else {
+        0
+    };
+    if outcome.scrape_failures > allowed || outcome.scrape_probes < 10 {
+        fail(format!(
+            "{} of {} scrapes failed ({allowed} may)",
+            outcome.scrape_failures, outcome.scrape_probes
+        ));
     }
     let answered: usize = outcome.mutate_statuses.values().sum();
     let ok = outcome.mutate_statuses.get(&200).copied().unwrap_or(0);

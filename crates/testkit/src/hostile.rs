@@ -82,6 +82,17 @@ impl Attack {
             Attack::Everything => "everything at once",
         }
     }
+
+    /// Whether the attack opens connections to the admin port, whose 64
+    /// slots Prometheus shares, first come first served, with anyone who
+    /// can reach the port: a scrape may then queue behind the attackers'
+    /// connections, or be refused when no slot frees within 250 ms.
+    pub fn reaches_the_admin_port(self) -> bool {
+        matches!(
+            self,
+            Attack::SlowHeaders | Attack::ConnectionFlood | Attack::Everything
+        )
+    }
 }
 
 /// The server under attack.
@@ -127,6 +138,8 @@ pub struct Outcome {
     pub scrape_worst: Duration,
     /// Scrapes that failed or took longer than [`PROBE_TIMEOUT`].
     pub scrape_failures: usize,
+    /// Scrapes sent.
+    pub scrape_probes: usize,
     /// The slowest answer to the well-behaved `/mutate` client.
     pub mutate_worst: Duration,
     /// Its answers by status; `0` for no answer within [`WEBHOOK_TIMEOUT`]
@@ -141,7 +154,7 @@ impl Outcome {
     /// One line of the report table.
     pub fn row(&self) -> String {
         format!(
-            "| {:<18} | {:>6.1} MiB | {:>7.1} ms ({}/{} failed) | {:>7.1} ms ({} failed) | {:>7.1} ms {:?} | {:?} |",
+            "| {:<18} | {:>6.1} MiB | {:>7.1} ms ({}/{} failed) | {:>7.1} ms ({}/{} failed) | {:>7.1} ms {:?} | {:?} |",
             self.attack.name(),
             self.peak_rss as f64 / MIB as f64,
             self.healthz_worst.as_secs_f64() * 1e3,
@@ -149,6 +162,7 @@ impl Outcome {
             self.healthz_probes,
             self.scrape_worst.as_secs_f64() * 1e3,
             self.scrape_failures,
+            self.scrape_probes,
             self.mutate_worst.as_secs_f64() * 1e3,
             self.mutate_statuses,
             self.attack_statuses,
@@ -603,9 +617,10 @@ async fn probe_healthz(target: Target, until: Instant) -> (Duration, usize, usiz
 }
 
 /// Scrape `/metrics` on the admin port over new connections until `until`.
-async fn probe_scrape(target: Target, until: Instant) -> (Duration, usize) {
-    let (mut worst, mut failures) = (Duration::ZERO, 0);
+async fn probe_scrape(target: Target, until: Instant) -> (Duration, usize, usize) {
+    let (mut worst, mut failures, mut probes) = (Duration::ZERO, 0, 0);
     while Instant::now() < until {
+        probes += 1;
         let start = Instant::now();
         let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
             let mut tcp = TcpStream::connect(target.admin).await.ok()?;
@@ -623,7 +638,7 @@ async fn probe_scrape(target: Target, until: Instant) -> (Duration, usize) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    (worst, failures)
+    (worst, failures, probes)
 }
 
 /// A kept-alive `/mutate` client, as the apiserver is, until `until`.
@@ -672,7 +687,7 @@ async fn probe_mutate(target: Target, until: Instant) -> (Duration, BTreeMap<u16
 /// What the probes saw.
 type Probes = (
     (Duration, usize, usize),
-    (Duration, usize),
+    (Duration, usize, usize),
     (Duration, BTreeMap<u16, usize>),
 );
 
@@ -706,7 +721,7 @@ pub async fn run(target: &Target, attack: Attack, duration: Duration) -> Outcome
     let probes = tokio::task::spawn_blocking(move || probes.join().expect("probe thread"));
     let (
         (healthz_worst, healthz_failures, healthz_probes),
-        (scrape_worst, scrape_failures),
+        (scrape_worst, scrape_failures, scrape_probes),
         (mutate_worst, mutate_statuses),
     ) = probes.await.expect("probe thread");
     // Requests in flight at the end finish within their timeouts.
@@ -723,6 +738,7 @@ pub async fn run(target: &Target, attack: Attack, duration: Duration) -> Outcome
         healthz_probes,
         scrape_worst,
         scrape_failures,
+        scrape_probes,
         mutate_worst,
         mutate_statuses,
         attack_statuses: tally.take(),
