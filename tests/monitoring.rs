@@ -20,7 +20,7 @@ use calmplane_testkit::fake_apiserver::FakeApiServer;
 use calmplane_testkit::harness::python;
 use calmplane_testkit::lease_monitor::{http_get, Monitor};
 use calmplane_testkit::process::free_port;
-use calmplane_testkit::tools::{required, run_ok, yaml_docs};
+use calmplane_testkit::tools::{find, required, run_ok, yaml_docs};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -660,12 +660,6 @@ fn rendered() -> Option<(String, Vec<Value>)> {
     let text = run(Command::new(kubectl).arg("kustomize").arg(monitoring()));
     let docs = yaml_docs(&text);
     Some((text, docs))
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind}/{name}"))
 }
 
 /// Only these fields, recursively for the listed paths: a structural check

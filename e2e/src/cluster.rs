@@ -218,6 +218,26 @@ impl Cluster {
         .await
     }
 
+    /// Create (or relabel) namespace `name` with `labels` by server-side
+    /// apply, and wait for its `default` ServiceAccount.
+    pub async fn namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(self.client.clone());
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                                    "metadata": {"name": name, "labels": labels}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::apply("calmplane-e2e").force(),
+            &kube::api::Patch::Apply(&ns),
+        )
+        .await?;
+        self.wait_service_account(name).await
+    }
+
     /// Wait for the controller-manager to create `default` in `namespace`:
     /// until then the ServiceAccount admission plugin refuses Pods there.
     pub async fn wait_service_account(&self, namespace: &str) -> Result<()> {

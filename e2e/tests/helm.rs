@@ -122,20 +122,7 @@ impl Env {
     }
 
     async fn namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
-        let api: Api<Namespace> = Api::all(self.client());
-        let labels: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect();
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": name, "labels": labels}});
-        api.patch(
-            name,
-            &PatchParams::apply("calmplane-e2e").force(),
-            &Patch::Apply(&ns),
-        )
-        .await?;
-        self.cluster.wait_service_account(name).await
+        self.cluster.namespace(name, labels).await
     }
 
     async fn webhook_configuration(&self, name: &str) -> Result<Option<Value>> {

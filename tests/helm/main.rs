@@ -23,7 +23,7 @@
 
 use calmplane_testkit::harness::python;
 use calmplane_testkit::pychecks::K8S_VERSION;
-use calmplane_testkit::tools::{required, run_ok, yaml_docs};
+use calmplane_testkit::tools::{find, key, read_docs, required, run_ok, str_list, yaml_docs};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -93,43 +93,6 @@ fn kubectl(test: &str) -> Option<PathBuf> {
 
 fn run(cmd: &mut Command) -> Output {
     run_ok(cmd)
-}
-
-fn read_docs(path: &Path) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    yaml_docs(&text)
-}
-
-fn str_list(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected a list, got {v}"))
-        .iter()
-        .map(|s| {
-            s.as_str()
-                .unwrap_or_else(|| panic!("expected strings in {v}"))
-        })
-        .collect()
-}
-
-/// `kind/name` of an object.
-fn key(doc: &Value) -> String {
-    format!(
-        "{}/{}",
-        doc["kind"].as_str().unwrap_or("?"),
-        doc["metadata"]["name"].as_str().unwrap_or("?")
-    )
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| {
-            panic!(
-                "no {kind}/{name} among {:?}",
-                docs.iter().map(key).collect::<Vec<_>>()
-            )
-        })
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {

@@ -21,7 +21,7 @@
 
 use base64::Engine as _;
 use calmplane_testkit::harness::python;
-use calmplane_testkit::tools::{required, run_ok, yaml_docs};
+use calmplane_testkit::tools::{find, read_docs, required, run_ok, str_list, yaml_docs};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -78,12 +78,6 @@ fn run(cmd: &mut Command) -> Output {
     run_ok(cmd)
 }
 
-fn read_docs(path: &Path) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    yaml_docs(&text)
-}
-
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -111,27 +105,10 @@ fn is_kustomization(path: &Path) -> bool {
     )
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} among {} documents", docs.len()))
-}
-
 fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
     assert_eq!(found.len(), 1, "expected exactly one {kind}");
     found[0]
-}
-
-fn str_list(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected a list, got {v}"))
-        .iter()
-        .map(|s| {
-            s.as_str()
-                .unwrap_or_else(|| panic!("expected strings in {v}"))
-        })
-        .collect()
 }
 
 fn labels(v: &Value) -> BTreeMap<String, String> {

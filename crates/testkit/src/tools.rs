@@ -62,3 +62,43 @@ pub fn yaml_docs(text: &str) -> Vec<Value> {
         .filter(|v| !v.is_null())
         .collect()
 }
+
+/// [`yaml_docs`] of the file at `path`.
+pub fn read_docs(path: &std::path::Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    yaml_docs(&text)
+}
+
+/// A list of strings, as manifests write args, verbs and the like.
+pub fn str_list(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a list, got {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("expected strings in {v}"))
+        })
+        .collect()
+}
+
+/// `kind/name` of an object.
+pub fn key(doc: &Value) -> String {
+    format!(
+        "{}/{}",
+        doc["kind"].as_str().unwrap_or("?"),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// The object `kind/name` among `docs`; a failure lists what there is.
+pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind}/{name} among {:?}",
+                docs.iter().map(key).collect::<Vec<_>>()
+            )
+        })
+}

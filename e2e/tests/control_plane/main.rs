@@ -46,8 +46,8 @@ use calmplane_e2e::webhook::{
     apply_webhook_configuration, calmplane_bin, AddsContainer, Calmplane,
 };
 use calmplane_testkit::prom;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
 use kube::Api;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
@@ -123,20 +123,7 @@ impl Env {
     /// Create (or label) namespace `name` with `labels`, and wait for its
     /// `default` ServiceAccount.
     async fn namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<String> {
-        let api: Api<Namespace> = Api::all(self.client());
-        let labels: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect();
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": name, "labels": labels}});
-        api.patch(
-            name,
-            &PatchParams::apply("calmplane-e2e").force(),
-            &Patch::Apply(&ns),
-        )
-        .await?;
-        self.cluster.wait_service_account(name).await?;
+        self.cluster.namespace(name, labels).await?;
         Ok(name.to_string())
     }
 
