@@ -298,7 +298,7 @@ pub(crate) async fn c13_client_certificates(env: &Env) -> Result<()> {
             .context("through calmplane with --client-ca")?;
         let apiserver = env.metrics().await?;
         let stored = env.create_pod(&ns, &pod_object("web", &[])).await?;
-        assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))?;
+        assert_pod_mutated(&stored, &format!("metadata.namespace={ns}"))?;
         let apiserver_after = env.metrics().await?;
         let answered = webhook_requests(&apiserver_after, MTLS_PODS_WEBHOOK, "200")
             - webhook_requests(&apiserver, MTLS_PODS_WEBHOOK, "200");

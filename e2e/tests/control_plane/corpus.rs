@@ -258,7 +258,7 @@ pub(crate) async fn c4_dry_run_and_diff(env: &Env) -> Result<()> {
         .kubectl()
         .args(["apply", "--dry-run=server", "-o", "json", "-n", &ns, "-f"])
         .arg(&pod_file))?)?;
-    assert_pod_mutated(&out, &ns, &format!("metadata.namespace={ns}"))?;
+    assert_pod_mutated(&out, &format!("metadata.namespace={ns}"))?;
     let api: Api<Pod> = Api::namespaced(env.client(), &ns);
     ensure!(
         api.get_opt("dry").await?.is_none(),

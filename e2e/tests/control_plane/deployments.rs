@@ -2,7 +2,7 @@
 //! what calmplane stores for each version, the rollout history it keeps in
 //! the object, and the Pods the controller creates from its templates.
 
-use crate::{assert_pod_mutated, str_at, Env, IMAGE};
+use crate::{annotation, assert_pod_mutated, Env, IMAGE};
 use anyhow::{ensure, Context as _, Result};
 use calmplane::annotations::{enabled, ENABLED, LEASE_SCOPE, LEASE_SELECTOR, ROLLOUTS};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -131,13 +131,9 @@ pub(crate) async fn c2_deployments_through_the_controller(env: &Env) -> Result<(
     };
     check_strategy(&created)?;
     for pod in pods_of_version(env, &ns, "web", 0).await? {
-        assert_pod_mutated(&pod, &ns, &format!("metadata.namespace={ns}"))
+        assert_pod_mutated(&pod, &format!("metadata.namespace={ns}"))
             .context("first version's pod")?;
-        ensure!(str_at(
-            &pod,
-            &format!("/metadata/annotations/{}", LEASE_SCOPE.replace('/', "~1"))
-        )
-        .is_none());
+        ensure!(annotation(&pod, LEASE_SCOPE).is_none());
     }
 
     for version in 1..=3u32 {
@@ -149,22 +145,12 @@ pub(crate) async fn c2_deployments_through_the_controller(env: &Env) -> Result<(
             .await?;
         check_strategy(&updated).with_context(|| format!("update {version}"))?;
         let v = serde_json::to_value(&updated)?;
-        let history = str_at(
-            &v,
-            &format!("/metadata/annotations/{}", ROLLOUTS.replace('/', "~1")),
-        )
-        .context("no rollout history")?;
+        let history = annotation(&v, ROLLOUTS).context("no rollout history")?;
         ensure!(
             history.split(',').count() == version as usize,
             "update {version}: history {history:?}"
         );
-        let scope = str_at(
-            &v,
-            &format!(
-                "/spec/template/metadata/annotations/{}",
-                LEASE_SCOPE.replace('/', "~1")
-            ),
-        );
+        let scope = annotation(&v["spec"]["template"], LEASE_SCOPE);
         // hotRolloutsPerHour defaults to 1: hot from the second change on.
         if version >= 2 {
             ensure!(
@@ -176,13 +162,8 @@ pub(crate) async fn c2_deployments_through_the_controller(env: &Env) -> Result<(
         }
     }
     for pod in pods_of_version(env, &ns, "web", 3).await? {
-        assert_pod_mutated(&pod, &ns, "metadata.name=web").context("last version's pod")?;
-        ensure!(
-            str_at(
-                &pod,
-                &format!("/metadata/annotations/{}", LEASE_SCOPE.replace('/', "~1"))
-            ) == Some("deployment/web")
-        );
+        assert_pod_mutated(&pod, "metadata.name=web").context("last version's pod")?;
+        ensure!(annotation(&pod, LEASE_SCOPE) == Some("deployment/web"));
     }
 
     let recreate = api

@@ -301,13 +301,9 @@ fn dns_options(pod: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer).and_then(Value::as_str)
-}
-
 /// Everything calmplane promises for a Pod in an opted-in namespace, read
 /// from what the apiserver stored.
-fn assert_pod_mutated(pod: &Value, ns: &str, selector: &str) -> Result<()> {
+fn assert_pod_mutated(pod: &Value, selector: &str) -> Result<()> {
     let options = dns_options(pod);
     ensure!(
         options.contains(&json!({"name": "ndots", "value": "2"})),
@@ -335,19 +331,12 @@ fn assert_pod_mutated(pod: &Value, ns: &str, selector: &str) -> Result<()> {
         );
     }
     ensure!(
-        str_at(
-            pod,
-            &format!(
-                "/metadata/annotations/{}",
-                LEASE_SELECTOR.replace('/', "~1")
-            )
-        ) == Some(selector),
+        annotation(pod, LEASE_SELECTOR) == Some(selector),
         "lease annotation not {selector}: {}",
         pod["metadata"]["annotations"]
     );
     let env = &pod["spec"]["containers"][0]["env"][0];
     ensure!(env["value"] == selector, "lease env not {selector}: {env}");
-    let _ = ns;
     Ok(())
 }
 
@@ -364,13 +353,7 @@ fn assert_pod_untouched(pod: &Value, name: &str) -> Result<()> {
         "grace period changed"
     );
     ensure!(
-        str_at(
-            pod,
-            &format!(
-                "/metadata/annotations/{}",
-                LEASE_SELECTOR.replace('/', "~1")
-            )
-        ) == Some(&format!("metadata.name={name}")),
+        annotation(pod, LEASE_SELECTOR) == Some(&format!("metadata.name={name}")),
         "lease annotation changed"
     );
     Ok(())

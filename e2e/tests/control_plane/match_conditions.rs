@@ -168,7 +168,7 @@ pub(crate) async fn c15_match_conditions(env: &Env) -> Result<()> {
 
     // The same Pod without the annotations is still mutated.
     let stored = env.create_pod(&ns, &pod_object("plain", &[])).await?;
-    assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))?;
+    assert_pod_mutated(&stored, &format!("metadata.namespace={ns}"))?;
 
     // --- Deployments ------------------------------------------------------------
     let api: Api<Deployment> = Api::namespaced(env.client(), &ns);

@@ -30,7 +30,7 @@ pub(crate) async fn c1_opt_in_and_exclusions(env: &Env) -> Result<()> {
         .await?;
 
     let stored = env.create_pod(&on, &pod_object("web", &[])).await?;
-    assert_pod_mutated(&stored, &on, &format!("metadata.namespace={on}"))?;
+    assert_pod_mutated(&stored, &format!("metadata.namespace={on}"))?;
 
     for ns in [off.as_str(), "kube-system", own_ns.as_str()] {
         let stored = env.create_pod(ns, &pod_object("web", &[])).await?;
@@ -65,7 +65,7 @@ pub(crate) async fn c5_failure_policy(env: &Env) -> Result<()> {
     result?;
     env.wait_mutating(&ns).await?;
     let stored = env.create_pod(&ns, &pod_object("after", &[])).await?;
-    assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))
+    assert_pod_mutated(&stored, &format!("metadata.namespace={ns}"))
 }
 
 /// A second webhook, ordered after calmplane, adds a container: the
@@ -109,7 +109,7 @@ pub(crate) async fn c6_reinvocation(env: &Env) -> Result<()> {
             names == ["app", AddsContainer::CONTAINER],
             "containers {names:?}"
         );
-        assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))?;
+        assert_pod_mutated(&stored, &format!("metadata.namespace={ns}"))?;
         ensure!(
             ours == 2.0,
             "calmplane called {ours} times for one Pod (want the call and one reinvocation)"

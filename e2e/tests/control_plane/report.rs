@@ -52,7 +52,7 @@ pub(crate) async fn c11_report_mode(env: &Env) -> Result<()> {
     // The apiserver matches namespaceSelectors against its namespace cache.
     env.wait_mutating(&ns).await?;
     let stored = env.create_pod(&ns, &pod_object("enforced", &[])).await?;
-    assert_pod_mutated(&stored, &ns, &format!("metadata.namespace={ns}"))
+    assert_pod_mutated(&stored, &format!("metadata.namespace={ns}"))
 }
 
 /// `calmplane audit --live` reads the same cluster as `kubectl get ... -o
